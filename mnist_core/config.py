@@ -1,0 +1,155 @@
+"""Training configuration: one typed, validated, hashable description of a run.
+
+The hash is the run's identity: training an identical configuration again returns the stored
+run (the dashboard's cached training) instead of spending minutes on the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "scratch-sgd")
+SCHEDULES = ("none", "step", "plateau", "onecycle")
+AUGMENTATIONS = ("none", "affine")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; `field` names which one."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every choice that shapes a training run. Defaults give a quick, sound CNN run."""
+
+    model: str = "cnn-small"
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    schedule: str = "none"
+    augment: str = "none"
+    val_split: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    time_budget_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # reserved; must stay empty
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict (a stored run, a form); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown setting; known: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def config_hash(self) -> str:
+        """A stable 12-hex-digit digest of every field (independent of field order)."""
+        payload = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+# (field, low, high, type). Ranges are what trains at all, not what trains well.
+RANGES: dict[str, tuple[float, float, type]] = {
+    "epochs": (1, 100, int),
+    "batch_size": (1, 8192, int),
+    "lr": (1e-7, 10.0, float),
+    "momentum": (0.0, 0.999, float),
+    "weight_decay": (0.0, 1.0, float),
+    "dropout": (0.0, 0.9, float),
+    "val_split": (0.0, 0.5, float),
+    "seed": (0, 2**31 - 1, int),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
+    "augment": AUGMENTATIONS,
+    "device": DEVICES,
+}
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ConfigError naming the first field that is out of range."""
+    from mnist_core.models import MODELS  # late import: models imports nothing from here
+
+    if config.model not in MODELS:
+        raise ConfigError("model", f"{config.model!r} is not one of {', '.join(MODELS)}")
+    for name, (low, high, kind) in RANGES.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        if kind is int and value != int(value):
+            raise ConfigError(name, f"must be a whole number, got {value!r}")
+        if not (low <= value <= high) or value != value:
+            raise ConfigError(name, f"{value!r} is outside the allowed range {low}..{high}")
+    for name, options in CHOICES.items():
+        if getattr(config, name) not in options:
+            raise ConfigError(name, f"{getattr(config, name)!r} is not one of {', '.join(options)}")
+    if config.optimizer == "scratch-sgd" and config.model not in ("linear", "mlp"):
+        raise ConfigError("optimizer", "scratch-sgd (hand-written SGD) is offered for linear and mlp")
+    budget = config.time_budget_s
+    if budget is not None and (not isinstance(budget, (int, float)) or not 1 <= budget <= 86400):
+        raise ConfigError("time_budget_s", f"{budget!r} must be empty or 1..86400 seconds")
+    if config.extra:
+        raise ConfigError("extra", "must be empty")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps for a shared deployment, read from environment variables (see README)."""
+
+    max_epochs: int = 100
+    max_batch_size: int = 8192
+    max_queued_per_session: int = 3
+    max_concurrent: int = 1
+    read_only: bool = False
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        def number(name: str, default: int) -> int:
+            raw = os.environ.get(name)
+            try:
+                return max(1, int(raw)) if raw else default
+            except ValueError:
+                return default
+
+        return cls(
+            max_epochs=number("MNIST_MAX_EPOCHS", cls.max_epochs),
+            max_batch_size=number("MNIST_MAX_BATCH_SIZE", cls.max_batch_size),
+            max_queued_per_session=number("MNIST_MAX_QUEUED_PER_SESSION", cls.max_queued_per_session),
+            max_concurrent=number("MNIST_MAX_CONCURRENT_TRAININGS", cls.max_concurrent),
+            read_only=os.environ.get("MNIST_READ_ONLY", "").lower() in ("1", "true", "yes"),
+        )
+
+    def check(self, config: TrainConfig) -> None:
+        """Raise ConfigError when a config exceeds this deployment's caps."""
+        if self.read_only:
+            raise ConfigError("training", "this deployment is a read-only demo; training is off")
+        if config.epochs > self.max_epochs:
+            raise ConfigError("epochs", f"{config.epochs} exceeds this deployment's limit of {self.max_epochs}")
+        if config.batch_size > self.max_batch_size:
+            raise ConfigError(
+                "batch_size", f"{config.batch_size} exceeds this deployment's limit of {self.max_batch_size}"
+            )

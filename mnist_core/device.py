@@ -1,0 +1,46 @@
+"""Compute-device choice: CUDA, then Apple's MPS, then the CPU, as the seed guide does."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """Map a config's device ('auto', 'cuda', 'mps', 'cpu') to one that exists here.
+
+    Asking for a device this machine lacks is an error, not a silent fallback, so a run's
+    recorded device is always the one it really used.
+    """
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: CUDA was requested but no CUDA GPU is available; use 'auto' or 'cpu'.")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device: MPS was requested but Apple's Metal backend is not available; use 'auto'.")
+    if requested not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device: {requested!r} is not one of auto, cuda, mps, cpu.")
+    return torch.device(requested)
+
+
+def describe_device(device: torch.device | str | None = None) -> str:
+    """A short human name: the GPU's name, 'Apple MPS', or 'CPU (N threads)'."""
+    device = resolve_device("auto") if device is None else torch.device(device)
+    if device.type == "cuda":
+        return f"GPU: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def available_devices() -> list[str]:
+    """Choices worth offering in a form on this machine."""
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found.append("cuda")
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found

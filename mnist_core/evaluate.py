@@ -1,0 +1,88 @@
+"""Evaluation of a trained model: probabilities, confusion matrix, per-class scores, mistakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from torch import nn
+
+from mnist_core.data import normalise
+
+BATCH = 2000
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
+    """Softmax probabilities (N x 10) for uint8 Nx28x28 images or normalised Nx1x28x28 floats."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        x = normalise(chunk) if chunk.dtype == torch.uint8 else chunk
+        out.append(F.softmax(model(x.to(device)).float(), dim=1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 10)
+
+
+@dataclass
+class Evaluation:
+    """Everything the Evaluate page shows for one run on the test set."""
+
+    loss: float
+    accuracy: float
+    confusion: np.ndarray  # 10x10, rows = true digit, columns = predicted digit
+    precision: np.ndarray  # per class
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+    predictions: np.ndarray  # N
+    probabilities: np.ndarray  # N x 10
+
+    def misclassified(self, labels: np.ndarray, true: int | None = None, predicted: int | None = None) -> np.ndarray:
+        """Indices of wrong predictions, optionally only those in one confusion-matrix cell,
+        most confident mistakes first."""
+        mask = self.predictions != labels
+        if true is not None:
+            mask &= labels == true
+        if predicted is not None:
+            mask &= self.predictions == predicted
+        idx = np.flatnonzero(mask)
+        confidence = self.probabilities[idx, self.predictions[idx]]
+        return idx[np.argsort(-confidence, kind="stable")]
+
+    def top_k(self, index: int, k: int = 3) -> list[tuple[int, float]]:
+        """The k most probable digits for one example, with their probabilities."""
+        probs = self.probabilities[index]
+        order = np.argsort(-probs)[:k]
+        return [(int(d), float(probs[d])) for d in order]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The arrays worth storing next to the weights (so the page need not recompute)."""
+        return {"probabilities": torch.from_numpy(self.probabilities.astype(np.float32))}
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+    """Score `model` on uint8 images; per-class metrics come from scikit-learn."""
+    probs = predict_proba(model, images)
+    return evaluation_from_probabilities(probs.numpy(), labels.numpy())
+
+
+def evaluation_from_probabilities(probs: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Rebuild every metric from stored probabilities (cheap: no forward pass)."""
+    preds = probs.argmax(1)
+    eps = 1e-12
+    loss = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)).mean()) if len(labels) else float("nan")
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=list(range(10)), zero_division=0
+    )
+    return Evaluation(
+        loss=loss,
+        accuracy=float((preds == labels).mean()) if len(labels) else float("nan"),
+        confusion=confusion_matrix(labels, preds, labels=list(range(10))),
+        precision=precision, recall=recall, f1=f1, support=support,
+        predictions=preds, probabilities=probs,
+    )

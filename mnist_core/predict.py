@@ -1,0 +1,180 @@
+"""Using finished runs: loading their models and test-set results, predicting drawn or uploaded
+digits, and shaping what the Evaluate and Draw pages show (galleries, tables, chart picks)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mnist_core.data import Mnist
+from mnist_core.evaluate import Evaluation, evaluate, evaluation_from_probabilities
+from mnist_core.models import Classifier, build_model
+from mnist_core.preprocess import canvas_to_gray, load_uploaded_image, mnist_style, normalise
+from mnist_core.runs import WEIGHTS, RunRecord, RunStore, RunStoreError
+
+EVALUATION = "evaluation"  # the tensor file jobs.execute writes next to the weights
+
+
+def load_run_model(store: RunStore, run_id: str) -> Classifier:
+    """Rebuild a run's model from its config and safetensors weights (never pickle)."""
+    record = store.get_run(run_id)
+    if record is None:
+        raise RunStoreError(f"no run {run_id!r}; list runs with `python -m mnist_core runs`")
+    if not store.has_tensors(run_id, WEIGHTS):
+        raise RunStoreError(f"run {run_id} has no weights (status {record.status}); it did not finish")
+    model = build_model(record.config["model"], record.config.get("dropout", 0.0))
+    model.load_state_dict(store.load_weights(run_id))
+    return model.eval()
+
+
+def finished_runs(store: RunStore) -> list[RunRecord]:
+    """Finished runs that have weights, best test accuracy first (then newest): the first one is
+    the sensible default wherever a page asks which model to use."""
+    runs = [r for r in store.list_runs(("finished",)) if store.has_tensors(r.id, WEIGHTS)]
+    # list_runs is newest first and sorted() is stable, so ties keep the newest first.
+    return sorted(runs, key=lambda r: -r.test_accuracy if r.test_accuracy is not None else float("inf"))
+
+
+def run_label(record: RunRecord) -> str:
+    """How a run is named in a selectbox: model, test accuracy and id."""
+    accuracy = "accuracy unknown" if record.test_accuracy is None else f"{record.test_accuracy:.2%}"
+    return f"{record.config.get('model', '?')} · {accuracy} · {record.id}"
+
+
+def default_run_index(runs: list[RunRecord], wanted: str | None) -> int:
+    """Where a run selectbox starts: the run named in the URL (?run=...) if it is in the list,
+    else the first (the best)."""
+    ids = [r.id for r in runs]
+    return ids.index(wanted) if wanted in ids else 0
+
+
+def load_evaluation(store: RunStore, run_id: str, data: Mnist) -> Evaluation:
+    """A run's test-set evaluation, rebuilt from its stored probabilities (no forward pass);
+    recomputed from the weights when the probabilities are missing or do not fit this test set."""
+    labels = data.test_labels.numpy()
+    if store.has_tensors(run_id, EVALUATION):
+        probabilities = store.load_tensors(run_id, EVALUATION).get("probabilities")
+        if probabilities is not None and tuple(probabilities.shape) == (len(labels), 10):
+            return evaluation_from_probabilities(probabilities.numpy().astype(np.float64), labels)
+    return evaluate(load_run_model(store, run_id), data.test_images, data.test_labels)
+
+
+def class_table(evaluation: Evaluation) -> pd.DataFrame:
+    """Per-digit precision, recall, F1 and support, one row per digit."""
+    return pd.DataFrame({
+        "digit": np.arange(10),
+        "precision": evaluation.precision,
+        "recall": evaluation.recall,
+        "F1": evaluation.f1,
+        "support": evaluation.support.astype(int),
+    })
+
+
+def most_confused(confusion: np.ndarray) -> tuple[int, int]:
+    """The (true, predicted) off-diagonal cell with the most mistakes: the pair worth looking at
+    first. The first such cell when there are ties, (0, 1) when there are no mistakes."""
+    off = np.asarray(confusion).copy()
+    np.fill_diagonal(off, -1)
+    true, predicted = np.unravel_index(int(off.argmax()), off.shape)
+    return int(true), int(predicted)
+
+
+def cell_from_chart_state(state: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The (true, predicted) cell picked on the confusion-matrix chart, from the chart's
+    selection state ({"selection": {"points": [{"x": predicted, "y": true, ...}]}}); None when
+    nothing usable is selected."""
+    selection = (state or {}).get("selection") or {}
+    for point in selection.get("points") or []:
+        x, y = point.get("x"), point.get("y")
+        if isinstance(x, bool) or isinstance(y, bool) or not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            continue
+        if float(x).is_integer() and float(y).is_integer() and 0 <= x <= 9 and 0 <= y <= 9:
+            return int(y), int(x)
+    return None
+
+
+@dataclass
+class Example:
+    """One test image as the galleries show it."""
+
+    index: int  # into the test set
+    true: int
+    predicted: int
+    top3: list[tuple[int, float]]  # the three most probable digits and their probabilities
+
+    @property
+    def headline(self) -> str:
+        """'true 4 → said 9' for a mistake, 'true 4' for a correct prediction."""
+        return f"true {self.true}" + ("" if self.true == self.predicted else f" → said {self.predicted}")
+
+    @property
+    def top3_text(self) -> str:
+        """'9: 91% · 4: 8% · 7: 1%'."""
+        return " · ".join(f"{digit}: {p:.0%}" for digit, p in self.top3)
+
+
+def cell_examples(
+    evaluation: Evaluation, labels: np.ndarray, true: int, predicted: int, limit: int
+) -> list[Example]:
+    """Test images in one confusion-matrix cell. Off the diagonal: the mistakes, most confident
+    first. On it: the correct ones the model was least sure of (its closest calls)."""
+    labels = np.asarray(labels)
+    if true != predicted:
+        indices = evaluation.misclassified(labels, true=true, predicted=predicted)
+    else:
+        indices = np.flatnonzero((labels == true) & (evaluation.predictions == true))
+        indices = indices[np.argsort(evaluation.probabilities[indices, true], kind="stable")]
+    return [example(evaluation, labels, int(i)) for i in indices[:limit]]
+
+
+def confident_mistakes(evaluation: Evaluation, labels: np.ndarray, limit: int) -> list[Example]:
+    """All wrong predictions, the most confident first: where the model is surely wrong."""
+    return [example(evaluation, labels, int(i)) for i in evaluation.misclassified(np.asarray(labels))[:limit]]
+
+
+def example(evaluation: Evaluation, labels: np.ndarray, index: int) -> Example:
+    return Example(index, int(labels[index]), int(evaluation.predictions[index]), evaluation.top_k(index, 3))
+
+
+def enlarge(image: np.ndarray | torch.Tensor, factor: int = 4) -> np.ndarray:
+    """A 28x28 image (uint8 or floats in [0, 1]) as uint8, each pixel a factor x factor block,
+    so browsers show crisp pixels instead of blurring a tiny image up."""
+    array = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.dtype != np.uint8:
+        array = np.clip(np.rint(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return np.kron(array, np.ones((factor, factor), dtype=np.uint8))
+
+
+@dataclass
+class Prediction:
+    digit: int
+    probabilities: np.ndarray  # 10
+    model_input: np.ndarray  # the 28x28 image in [0, 1] the model saw
+
+
+@torch.inference_mode()
+def predict_image(model: Classifier, gray: np.ndarray) -> Prediction | None:
+    """Preprocess an ink-bright grayscale image MNIST-style and classify it; None if blank."""
+    image = mnist_style(gray)
+    if image is None:
+        return None
+    probs = torch.softmax(model.eval()(normalise(image)), dim=1)[0].numpy()
+    return Prediction(int(probs.argmax()), probs, image)
+
+
+def predict_canvas(model: Classifier, rgba: np.ndarray | None) -> Prediction | None:
+    """Classify what the drawing canvas returned; None while it is blank (or not sent yet)."""
+    if rgba is None:
+        return None
+    return predict_image(model, canvas_to_gray(rgba))
+
+
+def predict_upload(model: Classifier, data: bytes) -> Prediction | None:
+    """Classify an uploaded picture; None if it holds no ink. Raises ImageError for a file that
+    is not a readable image."""
+    return predict_image(model, load_uploaded_image(data))

@@ -1,0 +1,100 @@
+"""Shell helpers shared by every page: process-wide resources, the sidebar, the data guard.
+
+Resources live in `st.cache_resource`, so the data, the run store and the training queue exist
+once per server process, shared by all browser sessions, never once per session.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import streamlit as st
+
+from mnist_core.config import ConfigError, Limits
+from mnist_core.data import DataError, Mnist, default_cache_dir, install_files, load_mnist
+from mnist_core.device import describe_device
+from mnist_core.glossary import explain
+from mnist_core.jobs import JobQueue
+from mnist_core.runs import RunStore
+
+
+@st.cache_resource(show_spinner="Opening the run store…")
+def get_store() -> RunStore:
+    return RunStore()
+
+
+@st.cache_resource(show_spinner=False)
+def get_queue() -> JobQueue:
+    """The one training queue of this server; created once, it also recovers interrupted runs."""
+    return JobQueue(get_store(), lambda: load_mnist(allow_download=False))
+
+
+def load_data() -> Mnist | None:
+    """MNIST if it is available locally (loaded once per process), else None."""
+    try:
+        return load_mnist(allow_download=False)
+    except DataError:
+        return None
+
+
+def session_id() -> str:
+    """A random id per browser session, to count its queued jobs against the limits."""
+    if "session_id" not in st.session_state:
+        st.session_state.session_id = uuid.uuid4().hex
+    return st.session_state.session_id
+
+
+def limits() -> Limits:
+    return Limits.from_env()
+
+
+def sidebar() -> None:
+    data = load_data()
+    with st.sidebar:
+        st.caption("Data: " + (data.source if data else "not found — see any page"))
+        st.caption("Compute: " + describe_device())
+        st.caption(f"Stored runs: {get_store().count()}")
+        if limits().read_only:
+            st.caption("Read-only demo: training is switched off.")
+
+
+def require_data() -> Mnist:
+    """Return MNIST or show the same fix on every page (uploader included) and stop the page."""
+    data = load_data()
+    if data is not None:
+        return data
+    st.error(
+        "MNIST was not found. Set the environment variable `MNIST_DATA_DIR` to a folder holding "
+        "the four IDX files (raw or `.gz`) and restart, or put them in "
+        f"`{default_cache_dir()}`, or upload them here."
+    )
+    uploads = st.file_uploader(
+        "The four MNIST files (train/t10k images and labels, raw or .gz)",
+        accept_multiple_files=True, key="mnist_upload",
+    )
+    if uploads and st.button("Verify and store", type="primary"):
+        try:
+            stored = install_files({f.name: f.getvalue() for f in uploads}, default_cache_dir())
+        except DataError as err:
+            st.error(f"Nothing was stored: {err}")
+        else:
+            st.success(f"Stored {', '.join(stored)}.")
+            if load_data() is not None:
+                st.rerun()
+            st.info("Upload the remaining files to complete the set.")
+    if st.button("Try to download from torchvision's mirrors"):
+        with st.spinner("Downloading…"):
+            try:
+                load_mnist()
+                st.rerun()
+            except DataError as err:
+                st.error(str(err))
+    st.stop()
+
+
+def help_text(term: str) -> str:
+    return explain(term)
+
+
+def show_config_error(err: ConfigError) -> None:
+    st.error(f"Invalid setting — {err}")

@@ -1,0 +1,33 @@
+"""Shared fixtures. Every test process gets its own run store, so tests never touch ./runs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before any page or store is imported: pages open the store from this variable.
+os.environ.setdefault("MNIST_RUNS_DIR", tempfile.mkdtemp(prefix="mnist-test-runs-"))
+os.environ.setdefault("MNIST_CACHE_DIR", tempfile.mkdtemp(prefix="mnist-test-cache-"))
+os.environ["MNIST_NO_DOWNLOAD"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """The real MNIST set from MNIST_DATA_DIR; tests that need it are skipped without it."""
+    if not os.environ.get("MNIST_DATA_DIR"):
+        pytest.skip("MNIST_DATA_DIR is not set")
+    from mnist_core.data import load_mnist
+
+    return load_mnist(allow_download=False)
+
+
+@pytest.fixture()
+def store(tmp_path):
+    from mnist_core.runs import RunStore
+
+    return RunStore(tmp_path / "runs")

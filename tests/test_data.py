@@ -1,0 +1,168 @@
+"""The IDX reader, the verification and the data-source chain (mnist_core/data.py)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_core import data
+from mnist_core.data import DataError, find_file, install_files, load_folder, load_mnist, parse_idx, pixel_stats
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def idx_images(images: np.ndarray, magic: int = 0x803) -> bytes:
+    n, rows, cols = images.shape
+    return struct.pack(">IIII", magic, n, rows, cols) + images.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+@pytest.fixture()
+def tiny() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), rng.integers(0, 10, 5, dtype=np.uint8)
+
+
+def test_parses_valid_images_and_labels(tiny):
+    images, labels = tiny
+    assert np.array_equal(parse_idx(idx_images(images)), images)
+    assert np.array_equal(parse_idx(idx_labels(labels)), labels)
+
+
+def test_accepts_gzip_and_raw_files_identically(tmp_path, tiny):
+    images, _ = tiny
+    raw = idx_images(images)
+    (tmp_path / "a").write_bytes(raw)
+    (tmp_path / "b.gz").write_bytes(gzip.compress(raw))
+    a = data.read_file(tmp_path / "a", "x", verify=False)
+    b = data.read_file(tmp_path / "b.gz", "x", verify=False)
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda raw: raw[:-10], "truncated"),
+        (lambda raw: raw + b"\0", "trailing"),
+        (lambda raw: struct.pack(">I", 0x804) + raw[4:], "magic number"),
+        (lambda raw: raw[:4] + struct.pack(">I", 6) + raw[8:], "promises 6 items"),
+        (lambda raw: raw[:8] + struct.pack(">II", 32, 32) + raw[16:], "32x32"),
+        (lambda raw: raw[:5], "too short"),
+    ],
+    ids=["truncated", "trailing-bytes", "wrong-magic", "count-mismatch", "wrong-size", "tiny"],
+)
+def test_malformed_files_give_clear_errors(tiny, mutate, message):
+    with pytest.raises(DataError, match=message):
+        parse_idx(mutate(idx_images(tiny[0])), "test file")
+
+
+def test_truncated_gzip_and_non_gzip_garbage_are_rejected(tiny):
+    packed = gzip.compress(idx_images(tiny[0]))
+    with pytest.raises(DataError, match="truncated"):
+        data.decompress(packed[: len(packed) // 2], "half.gz")
+    with pytest.raises(DataError, match="not a valid gzip"):
+        data.decompress(b"\x1f\x8b" + b"garbage" * 10, "bad.gz")
+
+
+def test_gzip_bomb_is_capped(monkeypatch):
+    monkeypatch.setattr(data, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(DataError, match="more than 1000 bytes"):
+        data.decompress(gzip.compress(b"\0" * 5000), "bomb.gz")
+
+
+def test_md5_mismatch_names_the_file(tmp_path, tiny):
+    path = tmp_path / "train-labels-idx1-ubyte"
+    path.write_bytes(idx_labels(tiny[1]))
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte.*MD5"):
+        data.read_file(path, "train-labels-idx1-ubyte")
+
+
+def test_finds_flat_and_torchvision_layouts(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"x")
+    assert find_file(tmp_path, "t10k-labels-idx1-ubyte") == raw / "t10k-labels-idx1-ubyte.gz"
+    assert find_file(tmp_path, "train-labels-idx1-ubyte") == tmp_path / "train-labels-idx1-ubyte"
+    assert find_file(tmp_path, "train-images-idx3-ubyte") is None
+
+
+def test_count_mismatch_between_images_and_labels(tmp_path, tiny):
+    images, labels = tiny
+    for stem, payload in [
+        ("train-images-idx3-ubyte", idx_images(images)), ("train-labels-idx1-ubyte", idx_labels(labels[:4])),
+        ("t10k-images-idx3-ubyte", idx_images(images)), ("t10k-labels-idx1-ubyte", idx_labels(labels)),
+    ]:
+        (tmp_path / stem).write_bytes(payload)
+    with pytest.raises(DataError, match="5 train images but 4 train labels"):
+        load_folder(tmp_path, "test", verify=False)
+
+
+def test_missing_data_error_says_what_was_tried_and_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError) as info:
+        load_mnist(cache_dir=tmp_path / "cache", allow_download=False)
+    text = str(info.value)
+    assert "MNIST_DATA_DIR" in text and "cache" in text and "upload" in text
+
+
+def test_offline_download_fails_within_seconds(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MIRRORS", ("http://127.0.0.1:9/", "http://192.0.2.1.invalid/"))
+    start = time.monotonic()
+    with pytest.raises(DataError, match="Download failed"):
+        data.download(tmp_path, timeout=2.0)
+    assert time.monotonic() - start < 10
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_install_rejects_foreign_file_and_writes_nothing(tmp_path, tiny):
+    with pytest.raises(DataError, match="not one of the four MNIST files"):
+        install_files({"evil/../../name": idx_images(tiny[0])}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the real files -------------------------------------------------------------------------
+
+def test_real_set_counts_labels_and_statistics(mnist):
+    assert mnist.train_images.shape == (60000, 28, 28) and mnist.train_images.dtype == torch.uint8
+    assert mnist.test_images.shape == (10000, 28, 28)
+    assert mnist.train_labels.dtype == torch.int64 and len(mnist.test_labels) == 10000
+    assert mnist.train_labels[:5].tolist() == [5, 0, 4, 1, 9]
+    mean, std = pixel_stats(mnist.train_images)
+    assert (round(mean, 4), round(std, 4)) == (0.1307, 0.3081)
+
+
+def test_warm_load_is_under_a_second(mnist):
+    data.load_cached.cache_clear()
+    load_mnist(allow_download=False)  # cold: decompress and verify
+    start = time.perf_counter()
+    load_mnist(allow_download=False)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_install_verifies_and_stores_real_files_under_fixed_names(mnist, tmp_path):
+    source = Path(mnist.folder)
+    uploads = {f"upload-{i}.bin": p.read_bytes() for i, p in enumerate(sorted(source.glob("*labels*")))}
+    stored = install_files(uploads, tmp_path)
+    assert stored == ["t10k-labels-idx1-ubyte", "train-labels-idx1-ubyte"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == stored
+
+
+def test_cli_data_prints_the_figures(mnist):
+    out = subprocess.run(
+        [sys.executable, "-m", "mnist_core", "data"], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert "train: 60000 images, test: 10000 images" in out
+    assert "5 0 4 1 9" in out
+    assert "mean 0.1307, std 0.3081" in out

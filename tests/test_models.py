@@ -1,0 +1,30 @@
+"""The model registry (mnist_core/models.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnist_core.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_maps_a_batch_to_ten_logits_via_features_and_head(name):
+    model = build_model(name, dropout=0.1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    features = model.features(x)
+    assert features.ndim == 2 and features.shape[0] == 3
+    assert model(x).shape == (3, 10)
+    assert torch.allclose(model.head(features), model(x))
+
+
+def test_parameter_counts_match_the_seed_architectures():
+    assert MODELS["linear"].parameter_count == 784 * 10 + 10
+    assert MODELS["mlp"].parameter_count == 784 * 128 + 128 + 128 * 10 + 10
+    assert MODELS["cnn-small"].parameter_count == (16 * 9 + 16) + (32 * 16 * 9 + 32) + (1568 * 128 + 128) + 1290
+    assert MODELS["cnn-classic"].parameter_count == (10 * 25 + 10) + (20 * 10 * 25 + 20) + (320 * 50 + 50) + 510
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(KeyError, match="cnn-small"):
+        build_model("resnet")
