@@ -4,23 +4,23 @@ import streamlit as st
 
 from pages.common import sidebar
 
-st.set_page_config(page_title="MNIST learning dashboard", page_icon="✍️", layout="wide")
+st.set_page_config(page_title="MNIST learning dashboard", page_icon=":material/edit:", layout="wide")
 
 navigation = st.navigation(
     {
         "Data": [
-            st.Page("pages/home.py", title="Start here", icon="🏠", default=True),
-            st.Page("pages/dataset.py", title="Dataset", icon="🔢"),
-            st.Page("pages/mean_images.py", title="Mean images", icon="🌫️"),
+            st.Page("pages/home.py", title="Start here", icon=":material/home:", default=True),
+            st.Page("pages/dataset.py", title="Dataset", icon=":material/grid_view:"),
+            st.Page("pages/mean_images.py", title="Mean images", icon=":material/blur_on:"),
         ],
         "Models": [
-            st.Page("pages/train.py", title="Train", icon="🏋️"),
-            st.Page("pages/evaluate.py", title="Evaluate", icon="📊"),
-            st.Page("pages/compare.py", title="Compare", icon="⚖️"),
+            st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+            st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
+            st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
         ],
         "Play": [
-            st.Page("pages/draw.py", title="Draw", icon="✏️"),
-            st.Page("pages/inside.py", title="Inside the network", icon="🔬"),
+            st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),
+            st.Page("pages/inside.py", title="Inside the network", icon=":material/biotech:"),
         ],
     }
 )

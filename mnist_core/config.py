@@ -153,3 +153,11 @@ class Limits:
             raise ConfigError(
                 "batch_size", f"{config.batch_size} exceeds this deployment's limit of {self.max_batch_size}"
             )
+
+
+# Tuned starting points, offered by the Train page and measured by `python -m mnist_core.bench`.
+RECIPES: dict[str, TrainConfig] = {
+    "cnn-fast": TrainConfig(model="cnn-fast", epochs=2, batch_size=128, lr=3e-3, schedule="onecycle", val_split=0.0),
+    "cnn-best": TrainConfig(model="cnn-best", epochs=12, batch_size=128, lr=3e-3, schedule="onecycle",
+                            augment="affine", dropout=0.25, val_split=0.0),
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 
 from mnist_core.config import ConfigError, Limits
 from mnist_core.data import DataError, Mnist, default_cache_dir, install_files, load_mnist
@@ -16,6 +17,22 @@ from mnist_core.device import describe_device
 from mnist_core.glossary import explain
 from mnist_core.jobs import JobQueue
 from mnist_core.runs import RunStore
+
+
+def route_through_app() -> None:
+    """Make a deep link opened on a fresh server run app.py's navigation, not the bare page.
+
+    Because a `pages/` folder sits beside app.py, Streamlit starts in its legacy folder mode
+    until app.py's `st.navigation` has run once; a first visitor of /evaluate would get the page
+    without the sidebar or layout. Leaving that mode and rerunning sends the same URL through
+    app.py (page ids are derived from the URL path in both modes).
+    """
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+route_through_app()
 
 
 @st.cache_resource(show_spinner="Opening the run store…")
