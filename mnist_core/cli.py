@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from mnist_core.config import RANGES, ConfigError, Limits, TrainConfig
+from mnist_core.data import DataError
+from mnist_core.runs import RunStoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: invalid setting {err}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, LookupError) as err:
+    except (ValueError, OSError, LookupError, DataError, RunStoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
@@ -98,6 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         store.create_run(run_id, config.to_dict())
     else:
         store.reset_run(run_id, config.to_dict())
+    store.update_run(run_id, summary={"pid": os.getpid()})
     print(f"run {run_id}: {config.model}, {config.epochs} epoch(s), batch {config.batch_size}, {config.optimizer} lr {config.lr:g}")
     bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
@@ -129,9 +133,12 @@ def print_run(record) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from mnist_core.jobs import recover_interrupted
     from mnist_core.runs import RunStore
 
-    records = RunStore(args.runs_dir).list_runs()
+    store = RunStore(args.runs_dir)
+    recover_interrupted(store)  # runs of processes that died show as interrupted, not running
+    records = store.list_runs()
     if not records:
         print("no runs stored yet; train one with `python -m mnist_core train`")
         return 0

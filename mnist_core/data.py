@@ -105,14 +105,23 @@ def decompress(raw: bytes, name: str) -> bytes:
         if len(raw) > MAX_FILE_BYTES:
             raise DataError(f"{name}: {len(raw)} bytes is larger than any MNIST file.")
         return raw
+    # A gzip file may hold several members (bgzip, `cat a.gz b.gz`), all of them content, and
+    # zero padding after a member; anything else after the stream makes the file invalid.
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
     try:
-        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out = decoder.decompress(raw, MAX_FILE_BYTES + 1)
-        if len(out) > MAX_FILE_BYTES or decoder.unconsumed_tail:
-            raise DataError(f"{name}: decompresses to more than {MAX_FILE_BYTES} bytes.")
-        if not decoder.eof:
-            raise DataError(f"{name}: the gzip stream is truncated.")
-        return out
+        while rest:
+            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            part = decoder.decompress(rest, MAX_FILE_BYTES + 1 - size)
+            size += len(part)
+            if size > MAX_FILE_BYTES or decoder.unconsumed_tail:
+                raise DataError(f"{name}: decompresses to more than {MAX_FILE_BYTES} bytes.")
+            if not decoder.eof:
+                raise DataError(f"{name}: the gzip stream is truncated.")
+            parts.append(part)
+            rest = decoder.unused_data.lstrip(b"\0")
+        return b"".join(parts)
     except zlib.error as err:
         raise DataError(f"{name}: not a valid gzip file ({err}).") from err
 

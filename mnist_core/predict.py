@@ -91,11 +91,17 @@ def cell_from_chart_state(state: Mapping[str, Any] | None) -> tuple[int, int] | 
     selection = (state or {}).get("selection") or {}
     for point in selection.get("points") or []:
         x, y = point.get("x"), point.get("y")
-        if isinstance(x, bool) or isinstance(y, bool) or not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
-            continue
-        if float(x).is_integer() and float(y).is_integer() and 0 <= x <= 9 and 0 <= y <= 9:
+        if all(is_digit_coordinate(v) for v in (x, y)):
             return int(y), int(x)
     return None
+
+
+def is_digit_coordinate(value: Any) -> bool:
+    """A whole number 0..9 (possibly sent as a float by the browser), not a bool or a string."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and float(value).is_integer() and 0 <= value <= 9
+    )
 
 
 @dataclass
@@ -114,8 +120,8 @@ class Example:
 
     @property
     def top3_text(self) -> str:
-        """'9: 91% · 4: 8% · 7: 1%'."""
-        return " · ".join(f"{digit}: {p:.0%}" for digit, p in self.top3)
+        """'9: 91% · 4: 8% · 7: 1%', each pair joined by a no-break space so it never wraps apart."""
+        return " · ".join(f"{digit}:\u00a0{p:.0%}" for digit, p in self.top3)
 
 
 def cell_examples(

@@ -209,7 +209,10 @@ def shrink(image: Image.Image, side: int = WORK_SIDE) -> Image.Image:
 def image_to_ink(image: Image.Image) -> np.ndarray:
     """A decoded Pillow image (RGBA or a one-channel integer/float mode) -> float32 ink."""
     if image.mode in WIDE_MODES:
+        # Finite and bounded, so neither (values - low) nor (high - low) overflows float32: a
+        # float TIFF may hold inf or +-3e38, which would otherwise turn the whole image into NaN.
         values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        np.clip(values, -1e30, 1e30, out=values)
         low, high = float(values.min()), float(values.max())
         if high - low <= 0:
             values = np.zeros(values.shape, dtype=np.float32)

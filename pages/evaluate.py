@@ -1,0 +1,194 @@
+"""Evaluate: how a finished run does on the 10,000 test images, and where it goes wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from mnist_core.evaluate import Evaluation
+from mnist_core.predict import (
+    Example,
+    cell_examples,
+    cell_from_chart_state,
+    class_table,
+    confident_mistakes,
+    default_run_index,
+    enlarge,
+    finished_runs,
+    load_evaluation,
+    most_confused,
+    run_label,
+)
+from pages.common import get_store, help_text, load_data, require_data
+
+DIGITS = list(range(10))
+PER_ROW = 8
+
+
+@st.cache_data(max_entries=8, show_spinner="Loading the run's test-set results…")
+def cached_evaluation(run_id: str, finished: float | None) -> Evaluation:
+    """Keyed by id and finish time too, so a run trained again is not served stale results."""
+    data = load_data()
+    assert data is not None, "require_data() ran first"
+    return load_evaluation(get_store(), run_id, data)
+
+
+def confusion_figure(confusion: np.ndarray, cell: tuple[int, int]) -> go.Figure:
+    """Counts as text, colour on a log scale so that mistakes (tens) show next to the diagonal
+    (about a thousand). Plotly cannot select heatmap cells, so an invisible marker sits on every
+    cell to make it clickable; the chosen cell gets an orange frame."""
+    fig = go.Figure(go.Heatmap(
+        z=np.log1p(confusion), x=DIGITS, y=DIGITS, text=confusion, texttemplate="%{text}",
+        colorscale="Blues", showscale=False, hoverinfo="skip",
+    ))
+    predicted, true = np.meshgrid(DIGITS, DIGITS)  # [i, j] = (true i, predicted j), like confusion
+    fig.add_trace(go.Scatter(
+        x=predicted.ravel(), y=true.ravel(), customdata=confusion.ravel(), mode="markers",
+        marker={"symbol": "square", "size": 34, "color": "rgba(0,0,0,0)"}, showlegend=False,
+        hovertemplate="true %{y}, predicted %{x}: %{customdata} test images<extra></extra>",
+    ))
+    chosen_true, chosen_predicted = cell
+    fig.add_shape(
+        type="rect", x0=chosen_predicted - 0.5, x1=chosen_predicted + 0.5,
+        y0=chosen_true - 0.5, y1=chosen_true + 0.5, line={"color": "#e8590c", "width": 3},
+    )
+    # Square cells: the plot area shrinks to fit ("domain") rather than padding the axes' ranges.
+    fig.update_xaxes(title="predicted digit", tickvals=DIGITS, side="top", showgrid=False, zeroline=False,
+                     constrain="domain")
+    fig.update_yaxes(title="true digit", tickvals=DIGITS, autorange="reversed", scaleanchor="x",
+                     showgrid=False, zeroline=False, constrain="domain")
+    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode=False)
+    return fig
+
+
+def gallery(examples: list[Example], images: torch.Tensor) -> None:
+    """Test images in rows of PER_ROW, each with its verdict and top-3 probabilities."""
+    for start in range(0, len(examples), PER_ROW):
+        for column, item in zip(st.columns(PER_ROW), examples[start : start + PER_ROW]):
+            with column:
+                st.image(enlarge(images[item.index], 3), width=84)
+                st.caption(f"**{item.headline}**  \n{item.top3_text}  \ntest image #{item.index}")
+
+
+data = require_data()
+st.title("Evaluate a model")
+st.write(
+    "How well does a trained model do on the 10,000 test images it never saw during training, "
+    "and which digits does it mix up? Pick a finished run, then click a cell of the confusion "
+    "matrix to see the images behind it."
+)
+
+store = get_store()
+runs = finished_runs(store)
+if not runs:
+    st.info("No finished run yet. Train a model first (one epoch of `linear` takes seconds), "
+            "then come back here.")
+    st.page_link("pages/train.py", label="Go to Train", icon="🏋️")
+    st.stop()
+
+by_id = {r.id: r for r in runs}
+run_id = st.selectbox(
+    "Run", list(by_id), index=default_run_index(runs, st.query_params.get("run")),
+    format_func=lambda rid: run_label(by_id[rid]),
+    help="Finished runs, best test accuracy first. The page's address remembers your choice, "
+         "so you can share a link to this run.",
+)
+st.query_params["run"] = run_id
+record = by_id[run_id]
+settings = record.config
+st.caption(
+    f"{settings.get('model')} · {settings.get('epochs')} epoch(s) · {settings.get('optimizer')} "
+    f"lr {settings.get('lr')} · batch {settings.get('batch_size')}"
+    + (f" · trained on {record.device}" if record.device else "")
+    + (f" in {record.duration_s:.0f} s" if record.duration_s is not None else "")
+)
+
+try:
+    evaluation = cached_evaluation(run_id, record.finished)
+except Exception as err:  # a damaged or foreign tensor file: say so instead of a traceback
+    st.error(f"Could not load the results of run {run_id}: {err}")
+    st.stop()
+labels = data.test_labels.numpy()
+wrong = int((evaluation.predictions != labels).sum())
+
+accuracy_col, loss_col, wrong_col = st.columns(3)
+accuracy_col.metric("Test accuracy", f"{evaluation.accuracy:.2%}",
+                    help="The fraction of the 10,000 test images classified correctly.")
+loss_col.metric("Test loss", f"{evaluation.loss:.4f}", help=help_text("loss_vs_metric"))
+wrong_col.metric("Mistakes", f"{wrong:,} of {len(labels):,}",
+                 help="Test images whose most probable digit is not the true one.")
+
+# The cell to inspect: a click on the chart sets the two selectboxes below, which also work alone.
+true_key, predicted_key = f"eval_true_{run_id}", f"eval_predicted_{run_id}"
+applied_key, chart_key = f"eval_click_{run_id}", f"eval_confusion_{run_id}"
+if true_key not in st.session_state:
+    st.session_state[true_key], st.session_state[predicted_key] = most_confused(evaluation.confusion)
+clicked = cell_from_chart_state(st.session_state.get(chart_key))
+if clicked != st.session_state.get(applied_key):  # apply a new click once; keep later manual picks
+    st.session_state[applied_key] = clicked
+    if clicked is not None:
+        st.session_state[true_key], st.session_state[predicted_key] = clicked
+
+matrix_col, table_col = st.columns([1, 1], gap="large")
+with matrix_col:
+    st.subheader("Confusion matrix", help=help_text("confusion_matrix"))
+    st.plotly_chart(
+        confusion_figure(evaluation.confusion, (st.session_state[true_key], st.session_state[predicted_key])),
+        key=chart_key, on_select="rerun", selection_mode=("points",), config={"displayModeBar": False},
+    )
+    with st.expander("Why? How to read a confusion matrix"):
+        st.write(help_text("confusion_matrix"))
+        st.write("Colours use a logarithmic scale, so that a cell with 5 mistakes is visible next "
+                 "to a diagonal cell with 1,000 correct answers.")
+with table_col:
+    st.subheader("Per-digit scores", help=help_text("precision_recall"))
+    st.dataframe(
+        class_table(evaluation), hide_index=True,
+        column_config={
+            "digit": st.column_config.NumberColumn("digit", width="small"),
+            "precision": st.column_config.ProgressColumn(
+                "precision", format="%.3f", min_value=0.0, max_value=1.0,
+                help="Of the images predicted as this digit, the fraction that really are."),
+            "recall": st.column_config.ProgressColumn(
+                "recall", format="%.3f", min_value=0.0, max_value=1.0,
+                help="Of the images that really are this digit, the fraction found."),
+            "F1": st.column_config.NumberColumn(
+                "F1", format="%.3f", help="Harmonic mean of precision and recall."),
+            "support": st.column_config.NumberColumn("support", help="How many test images show this digit."),
+        },
+    )
+    with st.expander("Why? Precision, recall and F1"):
+        st.write(help_text("precision_recall"))
+
+st.subheader("Look inside one cell")
+true_col, predicted_col, count_col = st.columns([1, 1, 2])
+true_digit = true_col.selectbox("True digit", DIGITS, key=true_key,
+                                help="The row of the confusion matrix: what the image really shows.")
+predicted_digit = predicted_col.selectbox("Predicted digit", DIGITS, key=predicted_key,
+                                          help="The column: what the model said.")
+count = int(evaluation.confusion[true_digit, predicted_digit])
+shown = cell_examples(evaluation, labels, true_digit, predicted_digit, limit=4 * PER_ROW)
+if true_digit == predicted_digit:
+    count_col.markdown(f"{count:,} test images of a **{true_digit}** were classified correctly. "
+                       "Shown: the ones the model was least sure of.")
+else:
+    count_col.markdown(f"{count:,} test images of a **{true_digit}** were taken for a "
+                       f"**{predicted_digit}**. Shown: the most confident mistakes first.")
+if shown:
+    gallery(shown, data.test_images)
+else:
+    st.info(f"No test image of a {true_digit} was predicted as {predicted_digit}. Pick another cell.")
+
+st.subheader("The most confident mistakes")
+st.write("Wrong answers the model was surest about. Some are the model's fault; some test "
+         "images are ambiguous or even mislabelled.")
+how_many = st.slider("How many to show", min_value=PER_ROW, max_value=8 * PER_ROW, value=2 * PER_ROW,
+                     step=PER_ROW,
+                     help="Mistakes are sorted by the probability the model gave its wrong answer.")
+mistakes = confident_mistakes(evaluation, labels, how_many)
+if mistakes:
+    gallery(mistakes, data.test_images)
+else:
+    st.success("This model makes no mistakes on the test set.")

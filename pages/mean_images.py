@@ -1,0 +1,147 @@
+"""Mean images: the average of each digit, and the no-training baseline every model must beat."""
+
+from pages.common import help_text, require_data
+
+import numpy as np
+import plotly.express as px
+import streamlit as st
+import torch
+
+from mnist_core.baselines import (
+    difference_image,
+    mean_images,
+    nearest_mean_baseline,
+    pair_similarity,
+)
+from mnist_core.data import Mnist
+from mnist_core.explore import top_confusions
+
+DIGITS = list(range(10))
+METRIC_NAMES = {"l2": "L2 (Euclidean)", "l1": "L1 (sum of absolute differences)"}
+
+
+@st.cache_data(show_spinner="Averaging the training images…")
+def digit_means(_data: Mnist, source: str) -> np.ndarray:
+    """The ten mean images, 10x28x28 in [0, 1]; `source` keys the cache (`_data` is not hashed)."""
+    return mean_images(_data.train_images, _data.train_labels).numpy()
+
+
+@st.cache_data(show_spinner="Scoring the nearest-mean baseline on the test set…")
+def baseline(_data: Mnist, source: str, metric: str) -> tuple[float, np.ndarray]:
+    """Test accuracy and confusion matrix of nearest-mean classification with `metric`."""
+    result = nearest_mean_baseline(
+        _data.train_images, _data.train_labels, _data.test_images, _data.test_labels, metric
+    )
+    return result.accuracy, result.confusion
+
+
+@st.cache_data(show_spinner=False)
+def pair_accuracy(_data: Mnist, source: str, a: int, b: int, metric: str) -> float:
+    return pair_similarity(
+        _data.train_images, _data.train_labels, _data.test_images, _data.test_labels, a, b, metric
+    )
+
+
+data = require_data()
+st.title("Mean images: the baseline first")
+st.write(
+    "Before training anything, try the simplest idea that could work: average all training "
+    "images of each digit, then label a new image with the digit whose average it is closest to. "
+    "No learning rate, no epochs, no GPU. Whatever number this gives is the bar every model on "
+    "the following pages has to clear."
+)
+with st.expander("Why start with a baseline?", expanded=True):
+    st.write(help_text("baseline"))
+
+st.subheader("The average of every digit")
+means = digit_means(data, data.source)
+fig = px.imshow(
+    means, facet_col=0, facet_col_wrap=5, facet_row_spacing=0.08, facet_col_spacing=0.02,
+    color_continuous_scale="gray", zmin=0, zmax=1, labels={"color": "mean ink"},
+)
+fig.for_each_annotation(lambda a: a.update(text="digit " + a.text.split("=")[-1]))
+fig.update_xaxes(visible=False).update_yaxes(visible=False)
+fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10})
+st.plotly_chart(fig, width="stretch")
+st.caption(help_text("mean_image"))
+
+st.subheader("Where two digits differ")
+left, right, _ = st.columns([1, 1, 3])
+a = left.selectbox(
+    "Digit A", DIGITS, index=3, key="mean_digit_a",
+    help="Red where A usually has ink and B does not.",
+)
+b = right.selectbox(
+    "Digit B", DIGITS, index=7, key="mean_digit_b",
+    help="Blue where B usually has ink and A does not.",
+)
+if a == b:
+    st.warning("Choose two different digits to compare.")
+else:
+    diff = difference_image(torch.from_numpy(means), a, b).numpy()
+    limit = float(np.abs(diff).max()) or 1.0
+    fig = px.imshow(
+        diff, color_continuous_scale="RdBu_r", zmin=-limit, zmax=limit,
+        title=f"mean {a} − mean {b}", labels={"color": "difference"},
+    )
+    fig.update_xaxes(visible=False).update_yaxes(visible=False)
+    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    chart, text = st.columns([3, 2])
+    chart.plotly_chart(fig, width="stretch")
+    with text:
+        st.write(
+            f"White pixels look the same in both averages, so they cannot tell {a} from {b}. "
+            f"The coloured strokes are the evidence. A classic first classifier uses exactly "
+            f"that: among the test images of {a} and {b}, call an image {a} if it is closer to "
+            f"the mean {a} than to the mean {b}."
+        )
+        for metric, name in METRIC_NAMES.items():
+            accuracy = pair_accuracy(data, data.source, a, b, metric)
+            st.metric(
+                f"{a} vs {b} accuracy, {name}", f"{accuracy:.2%}",
+                help="Share of the test images of these two digits that are closer to their own "
+                "digit's mean image than to the other one.",
+            )
+
+st.subheader("Nearest mean on all ten digits")
+st.write(
+    "Now the real task: every one of the 10,000 test images is compared with all ten mean "
+    "images, and the nearest wins. 'Nearest' depends on how distance is measured."
+)
+scores = {metric: baseline(data, data.source, metric) for metric in METRIC_NAMES}
+cols = st.columns(len(METRIC_NAMES))
+for col, (metric, name) in zip(cols, METRIC_NAMES.items()):
+    col.metric(
+        f"{name} accuracy", f"{scores[metric][0]:.2%}",
+        help="L1 adds up the absolute pixel differences; L2 squares them first, so one large "
+        "difference counts more than many small ones.",
+    )
+best = max(scores, key=lambda m: scores[m][0])
+st.markdown(
+    f"With no training at all, **{METRIC_NAMES[best]}** gets **{scores[best][0]:.2%}** of the test "
+    "digits right, far better than the 10% of guessing. That is the bar: a neural network that "
+    "does not beat it has learned nothing useful."
+)
+
+shown = st.segmented_control(
+    "Confusion matrix for", list(METRIC_NAMES), default=best, format_func=METRIC_NAMES.get,
+    help=help_text("confusion_matrix"), key="baseline_metric",
+) or best
+confusion = scores[shown][1]
+labels = [str(d) for d in DIGITS]
+fig = px.imshow(
+    confusion, x=labels, y=labels, text_auto=True, color_continuous_scale="Blues",
+    labels={"x": "predicted digit", "y": "true digit", "color": "test images"},
+)
+fig.update_xaxes(side="top", type="category").update_yaxes(type="category")
+fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+st.plotly_chart(fig, width="stretch")
+mixups = top_confusions(confusion, 3)
+if mixups:
+    st.caption(
+        "Most frequent mix-ups: "
+        + "; ".join(f"{true} read as {pred} ({count} times)" for true, pred, count in mixups)
+        + ". Averages blur away exactly the strokes that tell these digits apart."
+    )
+with st.expander("How to read a confusion matrix"):
+    st.write(help_text("confusion_matrix"))

@@ -1,0 +1,210 @@
+"""Faults: a training process killed outright, a run that diverges, data shared by sessions.
+
+SIGKILL is the hard case: no `finally`, no atexit, no signal handler runs. Whatever the store
+holds then must be a consistent database, finished runs must stay usable, and the run that was
+training must be recognisable as interrupted by the next process, and trainable again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_core.config import Limits, TrainConfig
+from mnist_core.data import load_mnist
+from mnist_core.evaluate import predict_proba
+from mnist_core.jobs import JobQueue, recover_interrupted, run_id_for
+from mnist_core.predict import load_run_model
+from mnist_core.runs import RunStore
+from tests.conftest import ROOT
+from tests.synthetic import synthetic_mnist
+
+# Children train with one thread: a second one only spins against this test process for the
+# machine's cores, and makes the whole file slower on a shared runner.
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+SHORT = TrainConfig(model="linear", epochs=1, batch_size=100)
+LONG = TrainConfig(model="mlp", epochs=50, batch_size=8)  # minutes of work: killed long before the end
+
+# The dashboard's server process in miniature: one queue, a finished run, then a long one.
+SERVER = f"""
+import sys, time
+from mnist_core.config import Limits, TrainConfig
+from mnist_core.jobs import JobQueue
+from mnist_core.runs import RunStore
+from tests.synthetic import synthetic_mnist
+
+data = synthetic_mnist()
+queue = JobQueue(RunStore(sys.argv[1]), lambda: data, Limits(max_concurrent=1))
+queue.submit(TrainConfig(**{SHORT.to_dict()!r}), "alice")
+queue.submit(TrainConfig(**{LONG.to_dict()!r}), "alice")
+time.sleep(600)
+"""
+
+
+@dataclass
+class Child:
+    process: subprocess.Popen
+    log: Path  # its stderr (a file, not a pipe: a full pipe would stall the child's training)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def wait_until(condition: Callable[[], bool], child: Child, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition`; fail early, with the child's stderr, if the child dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if child.process.poll() is not None:
+            code = child.process.returncode
+            raise AssertionError(f"the child exited ({code}) before {what}:\n{child.log.read_text()}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}:\n{child.log.read_text()}")
+
+
+def is_training(store: RunStore, run_id: str) -> bool:
+    record = store.get_run(run_id)
+    return record is not None and record.status == "running" and bool(store.steps(run_id))
+
+
+def kill(child: Child) -> None:
+    """SIGKILL, then reap it: an unreaped child is a zombie, and a zombie's pid still looks alive."""
+    os.kill(child.pid, signal.SIGKILL)
+    child.process.wait(timeout=10)
+    assert child.process.returncode == -signal.SIGKILL
+
+
+def integrity(root: Path) -> str:
+    conn = sqlite3.connect(root / "runs.db")
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture()
+def spawn(tmp_path):
+    """Start child processes (cwd = repo root) that are always killed and reaped, even when
+    the test fails."""
+    children: list[Child] = []
+
+    def start(args: list[str]) -> Child:
+        log = tmp_path / f"child-{len(children)}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(args, cwd=ROOT, env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+        children.append(Child(process, log))
+        return children[-1]
+
+    yield start
+    for child in children:
+        if child.process.poll() is None:
+            child.process.kill()
+        child.process.wait(timeout=10)
+
+
+def test_sigkill_mid_training_keeps_the_store_and_the_next_start_recovers(tmp_path, spawn):
+    root = tmp_path / "runs"
+    short_id, long_id = run_id_for(SHORT), run_id_for(LONG)
+    server = spawn([sys.executable, "-c", SERVER, str(root)])
+    wait_until(lambda: root.joinpath("runs.db").exists(), server, "the store exists")
+    store = RunStore(root)
+    wait_until(lambda: is_training(store, long_id), server, "the long run trains")
+    assert store.get_run(short_id).status == "finished"
+    kill(server)
+
+    assert integrity(root) == "ok"
+    steps_before = len(store.steps(long_id))
+    assert steps_before >= 1 and store.get_run(long_id).status == "running"  # nobody told the store
+
+    gate = threading.Event()  # holds the restarted queue's worker before it trains anything
+    data = synthetic_mnist()
+
+    def gated_data():
+        gate.wait(30)
+        return data
+
+    restarted = RunStore(root)
+    queue = JobQueue(restarted, gated_data, Limits(max_concurrent=1))  # the restart
+    try:
+        interrupted = restarted.get_run(long_id)
+        assert interrupted.status == "interrupted" and "launch it again" in interrupted.message
+        assert len(restarted.steps(long_id)) == steps_before  # its history up to the kill is kept
+
+        # The finished run survived intact: its weights reproduce its stored test predictions.
+        model = load_run_model(restarted, short_id)
+        stored = restarted.load_tensors(short_id, "evaluation")["probabilities"]
+        fresh = predict_proba(model, data.test_images)
+        assert torch.allclose(fresh, stored.to(fresh.dtype), atol=1e-5)
+
+        again = queue.submit(LONG, "alice")
+        assert (again.run_id, again.outcome) == (long_id, "queued")
+        record = restarted.get_run(long_id)
+        assert record.status == "queued" and record.message == "" and record.epochs_done == 0
+        assert restarted.steps(long_id) == []  # trained afresh, not appended to the old curve
+        assert queue.submit(SHORT, "alice").outcome == "cached"
+    finally:
+        gate.set()
+        queue.shutdown()
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
+def test_killed_cli_training_is_interrupted_only_once_its_process_is_dead(tmp_path, spawn):
+    root = tmp_path / "runs"
+    run_id = run_id_for(LONG)
+    cli = [sys.executable, "-m", "mnist_core", "--runs-dir", str(root)]
+    trainer = spawn(cli + ["train", "--model", "mlp", "--epochs", "50", "--batch-size", "8"])
+    wait_until(lambda: root.joinpath("runs.db").exists(), trainer, "the store exists")
+    store = RunStore(root)
+    wait_until(lambda: is_training(store, run_id), trainer, "the CLI trains")
+    assert store.get_run(run_id).summary["pid"] == trainer.pid
+
+    # Another process starting up (a dashboard, another CLI) must not steal a live run.
+    assert recover_interrupted(store) == 0
+    assert store.get_run(run_id).status == "running"
+
+    kill(trainer)
+    assert integrity(root) == "ok"
+    assert recover_interrupted(store) == 1  # now its recorded pid is dead
+    record = store.get_run(run_id)
+    assert record.status == "interrupted" and record.message
+    listing = subprocess.run(cli + ["runs"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert listing.returncode == 0
+    assert any(line.split()[:2] == [run_id, "interrupted"] for line in listing.stdout.splitlines()), listing.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
+def test_cli_diverging_run_ends_cleanly_with_advice(tmp_path):
+    root = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_core", "--runs-dir", str(root), "train", "--model", "mlp",
+         "--epochs", "2", "--lr", "10", "--optimizer", "sgd"],
+        capture_output=True, text=True, cwd=ROOT, env=CHILD_ENV, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "status: diverged" in result.stdout and "Lower the learning rate" in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    config = TrainConfig(model="mlp", epochs=2, lr=10.0, optimizer="sgd")
+    record = RunStore(root).get_run(run_id_for(config))
+    assert record.status == "diverged" and "Lower the learning rate" in record.message
+    assert not RunStore(root).has_tensors(record.id, "weights")  # no model is offered from it
+
+
+def test_data_is_loaded_once_per_process(mnist, monkeypatch):
+    """Every dashboard session asks for the data; all must get the same ~55 MB copy."""
+    first = load_mnist(allow_download=False)
+    assert load_mnist(allow_download=False) is first
+    monkeypatch.setenv("MNIST_DATA_DIR", os.environ["MNIST_DATA_DIR"].rstrip("/") + "/./")
+    assert load_mnist(allow_download=False) is first  # the same folder spelled differently

@@ -1,0 +1,142 @@
+"""The Start-here, Dataset and Mean-images pages, driven through the real app with AppTest."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+TIMEOUT = 120
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r}; have {[m.label for m in at.metric]}"
+    return values[0]
+
+
+def percent(text: str) -> float:
+    match = re.fullmatch(r"(\d+\.\d+)%", text)
+    assert match, f"{text!r} is not a percentage"
+    return float(match.group(1)) / 100
+
+
+def thumbnails(at: AppTest) -> list[tuple[int, int]]:
+    """(label, index) of every image in the browsing grid, from captions like "3 · #1234"."""
+    grid = at.image[0].captions
+    return [(int(label), int(index)) for label, index in (c.split(" · #") for c in grid)]
+
+
+def page_input(at: AppTest):
+    return next(n for n in at.number_input if n.label.startswith("Page (of"))
+
+
+def test_home_page_links_the_learning_path_and_counts_the_data(mnist) -> None:
+    at = open_page("pages/home.py")
+    assert at.title[0].value
+    targets = [link.proto.page for link in at.page_link]
+    assert len(targets) == 7 and len(set(targets)) == 7
+    assert metric(at, "Training images") == f"{len(mnist.train_labels):,}"
+    assert metric(at, "Test images") == f"{len(mnist.test_labels):,}"
+    assert metric(at, "Classes") == "10 digits"
+
+
+def test_dataset_page_shows_the_normalisation_constants(mnist) -> None:
+    at = open_page("pages/dataset.py")
+    assert metric(at, "Training mean") == "0.1307"
+    assert metric(at, "Training std") == "0.3081"
+    text = " ".join(m.value for m in at.markdown)
+    assert "0.1307" in text and "0.3081" in text
+    assert not at.error and not at.warning
+    shown = thumbnails(at)
+    assert len(shown) == 48
+    assert [index for _, index in shown] == list(range(48))
+    assert all(label == int(mnist.train_labels[index]) for label, index in shown)
+
+
+def test_dataset_digit_filter_shuffle_and_paging(mnist) -> None:
+    at = open_page("pages/dataset.py")
+    at.multiselect(key="dataset_digits").set_value([3, 8]).run()
+    assert not at.exception
+    first = thumbnails(at)
+    assert {label for label, _ in first} == {3, 8}
+    count = int(((mnist.train_labels == 3) | (mnist.train_labels == 8)).sum())
+    assert page_input(at).label == f"Page (of {-(-count // 48):,})"
+
+    page_input(at).set_value(2).run()
+    second = thumbnails(at)
+    assert not at.exception and {label for label, _ in second} == {3, 8}
+    assert min(i for _, i in second) > max(i for _, i in first)
+
+    at.toggle(key="dataset_shuffle").set_value(True).run()
+    shuffled = [i for _, i in thumbnails(at)]
+    assert shuffled != sorted(shuffled)  # a new filter starts again at page 1, shuffled
+    at.number_input(key="dataset_seed").set_value(1).run()
+    reseeded = [i for _, i in thumbnails(at)]
+    assert not at.exception and reseeded != shuffled
+    assert all(int(mnist.train_labels[i]) in (3, 8) for i in reseeded)
+
+    at.segmented_control(key="dataset_split").set_value("test").run()
+    assert not at.exception
+    assert all(label == int(mnist.test_labels[index]) for label, index in thumbnails(at))
+
+
+def test_dataset_close_up_names_the_chosen_image(mnist) -> None:
+    at = open_page("pages/dataset.py")
+    at.number_input(key="dataset_index_train").set_value(7).run()
+    assert not at.exception
+    assert any(
+        f"Image #7 is labelled **{int(mnist.train_labels[7])}**" in m.value for m in at.markdown
+    )
+
+
+def test_mean_images_page_shows_the_baseline_accuracy(mnist) -> None:
+    at = open_page("pages/mean_images.py")
+    assert percent(metric(at, "L2 (Euclidean) accuracy")) == pytest.approx(0.82, abs=0.005)
+    assert percent(metric(at, "L1 (sum of absolute differences) accuracy")) < 0.82
+    assert 0.9 < percent(metric(at, "3 vs 7 accuracy, L1 (sum of absolute differences)")) < 1
+    assert not at.warning
+
+    at.selectbox(key="mean_digit_a").set_value(4)
+    at.selectbox(key="mean_digit_b").set_value(9).run()
+    assert not at.exception
+    assert 0.5 < percent(metric(at, "4 vs 9 accuracy, L2 (Euclidean)")) < 1
+
+    at.selectbox(key="mean_digit_b").set_value(4).run()
+    assert not at.exception
+    assert "two different digits" in at.warning[0].value
+
+    at.segmented_control(key="baseline_metric").set_value("l1").run()
+    assert not at.exception
+
+
+def test_pages_without_data_show_the_fix(monkeypatch, tmp_path) -> None:
+    from mnist_core.data import load_cached
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("MNIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MNIST_CACHE_DIR", str(tmp_path / "cache"))
+    load_cached.cache_clear()
+    try:
+        for page in ("pages/dataset.py", "pages/mean_images.py"):
+            at = open_page(page)
+            assert any("MNIST was not found" in e.value for e in at.error)
+            assert len(at.file_uploader) == 1
+            assert not at.metric  # the page stopped before showing anything computed
+        home = open_page("pages/home.py")
+        assert any("not loaded" in i.value for i in home.info)
+    finally:
+        load_cached.cache_clear()
