@@ -1,0 +1,215 @@
+"""Compare: every stored run in one table; filter, pick several, overlay their curves.
+
+Comparing runs that differ in one setting is how you learn what that setting does, so the page
+also plots any hyperparameter against test accuracy.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from mnist_core.history import HYPERPARAMETERS, curves_frame, filter_runs, format_duration, runs_frame
+from mnist_core.runs import RunStoreError
+from pages.common import get_store, help_text
+
+TABLE_COLUMNS = (  # results first, so they stay in view on narrow screens
+    "id", "status", "test_accuracy", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
+    "dropout", "schedule", "augment", "val_split", "seed", "duration_s", "device_used", "created",
+)
+SPLIT_NAMES = {"test": "Test", "val": "Validation", "train": "Train"}
+HYPERPARAMETER_NAMES = {
+    "lr": "Learning rate", "batch_size": "Batch size", "epochs": "Epochs", "weight_decay": "Weight decay",
+    "dropout": "Dropout", "momentum": "Momentum", "val_split": "Validation split", "seed": "Seed",
+    "duration_s": "Training time (s)", "parameters": "Parameters", "images_per_s": "Images per second",
+}
+COLOURS = px.colors.qualitative.Bold  # distinct hues: the theme's blues are hard to tell apart
+DEFAULT_OVERLAY = 3  # newest runs overlaid when none is selected
+FLASH_KEY = "compare_flash"
+
+st.title("Compare runs")
+st.write(
+    "Every run trained on this server, newest first. Filter the table, tick rows to overlay their "
+    "learning curves, and see how a setting relates to test accuracy. Change one setting at a time "
+    "to learn what it does."
+)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def cached_curves(run_ids: tuple[str, ...], kind: str, alpha: float, versions: tuple) -> pd.DataFrame:
+    """Curves of ended runs never change, so they are read once; `versions` (status, epochs,
+    timestamps) keys the cache so a retrained or still-running run is read again."""
+    return curves_frame(get_store(), list(run_ids), kind, alpha)
+
+
+flash = st.session_state.pop(FLASH_KEY, None)
+if flash:
+    st.success(flash)
+
+records = get_store().list_runs()
+frame = runs_frame(records)
+if frame.empty:
+    st.info("No runs yet. Train one first; it will be listed here.")
+    st.page_link("pages/train.py", label="Go to Train", icon="🏋️")
+    st.stop()
+
+# -- filters ------------------------------------------------------------------------------------
+left, middle, right = st.columns(3)
+models = left.multiselect(
+    "Models", sorted(frame["model"].unique()), key="compare_models",
+    help="Show only these models. Leave empty to show all.",
+)
+statuses = middle.multiselect(
+    "Status", sorted(frame["status"].unique()), key="compare_statuses",
+    help="finished: trained to the end; diverged: the loss became NaN (learning rate too high); "
+         "cancelled / interrupted / failed: stopped early. Leave empty to show all.",
+)
+min_accuracy = right.slider(
+    "Minimum test accuracy (%)", 0.0, 100.0, 0.0, step=0.5, key="compare_min_accuracy",
+    help="Hide runs below this test accuracy. Above 0, runs without a test accuracy (unfinished) are hidden too.",
+)
+learning_rates = sorted(frame["lr"].dropna().unique())
+lr_range = None
+if len(learning_rates) >= 2:
+    lr_range = st.select_slider(
+        "Learning-rate range", options=learning_rates, value=(learning_rates[0], learning_rates[-1]),
+        format_func=lambda lr: f"{lr:g}", key="compare_lr_range",
+        help="Only the learning rates of stored runs are offered, so the scale follows them (it is "
+             "roughly logarithmic). " + help_text("learning_rate"),
+    )
+shown = filter_runs(frame, models or None, statuses or None, min_accuracy / 100, lr_range).reset_index(drop=True)
+
+# -- table --------------------------------------------------------------------------------------
+st.caption(f"{len(shown)} of {len(frame)} runs match. Tick rows to compare them.")
+event = st.dataframe(
+    shown[list(TABLE_COLUMNS)], key="compare_table", on_select="rerun", selection_mode="multi-row",
+    hide_index=True,
+    column_config={
+        "id": st.column_config.TextColumn("Run", help="Model name plus a hash of every setting."),
+        "status": st.column_config.TextColumn("Status"),
+        "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="percent"),
+        "model": st.column_config.TextColumn("Model"),
+        "epochs": st.column_config.NumberColumn("Epochs", help=help_text("epoch")),
+        "batch_size": st.column_config.NumberColumn("Batch", help=help_text("batch_size")),
+        "lr": st.column_config.NumberColumn("LR", format="%g", help=help_text("learning_rate")),
+        "optimizer": st.column_config.TextColumn("Optimizer", help=help_text("optimizer")),
+        "weight_decay": st.column_config.NumberColumn("Weight decay", format="%g", help=help_text("weight_decay")),
+        "dropout": st.column_config.NumberColumn("Dropout", format="%.2f", help=help_text("dropout")),
+        "schedule": st.column_config.TextColumn("Schedule", help=help_text("schedule")),
+        "augment": st.column_config.TextColumn("Augment", help=help_text("augment")),
+        "val_split": st.column_config.NumberColumn("Val split", format="%.2f", help=help_text("val_split")),
+        "seed": st.column_config.NumberColumn("Seed", help=help_text("seed")),
+        "duration_s": st.column_config.NumberColumn("Time (s)", format="%.1f"),
+        "device_used": st.column_config.TextColumn("Device", help="Where it trained. " + help_text("device")),
+        "created": st.column_config.DatetimeColumn("Created (UTC)", format="YYYY-MM-DD HH:mm"),
+    },
+)
+picked = [shown.loc[i, "id"] for i in event.selection.rows if i < len(shown)]
+if picked:
+    selected = picked
+else:
+    with_curves = shown[shown["epochs_done"] > 0]
+    selected = list(with_curves["id"].head(DEFAULT_OVERLAY))
+    if selected:
+        st.caption(f"No rows ticked: showing the {len(selected)} newest run(s) with curves.")
+
+# -- curves -------------------------------------------------------------------------------------
+st.subheader("Learning curves")
+if not selected:
+    st.info("None of the matching runs has finished an epoch yet, so there are no curves to draw.")
+else:
+    by_id = {r.id: r for r in records}
+    versions = tuple((by_id[i].status, by_id[i].epochs_done, by_id[i].created, by_id[i].finished) for i in selected)
+    split = st.radio(
+        "Curves measured on", list(SPLIT_NAMES), format_func=SPLIT_NAMES.get, horizontal=True,
+        key="compare_split", help=help_text("splits"),
+    )
+    epochs = cached_curves(tuple(selected), "epoch", 1.0, versions)
+    epochs = epochs[epochs["split"] == split]
+    if epochs.empty:
+        st.warning(f"The selected runs have no {SPLIT_NAMES[split].lower()} measurements "
+                   "(a validation split of 0 leaves no validation set).")
+    else:
+        left, right = st.columns(2)
+        accuracy = px.line(epochs, x="epoch", y="accuracy", color="run_id", markers=True, labels={"run_id": "run"},
+                           color_discrete_sequence=COLOURS, title=f"{SPLIT_NAMES[split]} accuracy per epoch")
+        accuracy.update_yaxes(tickformat=".1%")
+        loss = px.line(epochs, x="epoch", y="loss", color="run_id", markers=True, log_y=True, labels={"run_id": "run"},
+                       color_discrete_sequence=COLOURS, title=f"{SPLIT_NAMES[split]} loss per epoch (log scale)")
+        loss.update_yaxes(tickformat=".3~g", dtick="D2")  # log ticks at 1, 2, 5 x 10^n as plain numbers
+        for figure in (accuracy, loss):
+            figure.update_xaxes(dtick=1)
+            figure.update_layout(height=340, legend={"orientation": "h", "y": -0.3}, margin={"t": 50})
+        left.plotly_chart(accuracy, key="compare_epoch_accuracy")
+        right.plotly_chart(loss, key="compare_epoch_loss")
+
+    smoothing = st.slider(
+        "Smoothing of the per-step loss", 0.0, 0.99, 0.9, step=0.01, key="compare_smoothing",
+        help="Each point is an exponential moving average: this much of the previous average plus the "
+             "rest of the new batch loss. 0 shows the raw, noisy batch losses.",
+    )
+    steps = cached_curves(tuple(selected), "step", round(1 - smoothing, 4), versions)
+    if not steps.empty:
+        figure = px.line(steps, x="step", y="loss_smooth", color="run_id", log_y=True, color_discrete_sequence=COLOURS,
+                         title="Training loss per step (smoothed, log scale)",
+                         labels={"loss_smooth": "loss", "step": "step (batch)", "run_id": "run"})
+        figure.update_yaxes(tickformat=".3~g", dtick="D2")
+        figure.update_layout(height=360, legend={"orientation": "h", "y": -0.25}, margin={"t": 50})
+        st.plotly_chart(figure, key="compare_steps")
+        st.caption("Runs with larger batches take fewer steps per epoch, so their lines are shorter. "
+                   + help_text("batch_size"))
+
+# -- hyperparameter vs accuracy -----------------------------------------------------------------
+st.subheader("Which setting matters?")
+scored = shown.dropna(subset=["test_accuracy"])
+if scored.empty:
+    st.info("No matching run has a test accuracy yet.")
+else:
+    parameter = st.selectbox(
+        "Setting on the x axis", HYPERPARAMETERS, format_func=HYPERPARAMETER_NAMES.get, key="compare_parameter",
+        help="Each point is one run. A clear trend suggests the setting matters; but check that the "
+             "runs differ in this setting only.",
+    )
+    scatter = px.scatter(
+        scored, x=parameter, y="test_accuracy", color="model", hover_name="id", color_discrete_sequence=COLOURS,
+        hover_data={"status": True, "epochs": True, "optimizer": True},
+        log_x=parameter == "lr", labels={parameter: HYPERPARAMETER_NAMES[parameter], "test_accuracy": "test accuracy"},
+        title=f"{HYPERPARAMETER_NAMES[parameter]} versus test accuracy",
+    )
+    scatter.update_traces(marker={"size": 11, "opacity": 0.8})
+    scatter.update_yaxes(tickformat=".1%")
+    if parameter == "lr":
+        scatter.update_xaxes(dtick=1, tickformat="~g")  # one labelled tick per decade
+    scatter.update_layout(height=380, margin={"t": 50})
+    st.plotly_chart(scatter, key="compare_scatter")
+
+# -- delete -------------------------------------------------------------------------------------
+with st.expander("Delete a run"):
+    candidates = picked or list(shown["id"])
+    if not candidates:
+        st.caption("No run matches the filters.")
+    else:
+        target = st.selectbox(
+            "Run to delete", candidates, key="compare_delete_target",
+            help="Ticked rows are offered first; with none ticked, every matching run.",
+        )
+        row = frame[frame["id"] == target].iloc[0]
+        accuracy = "–" if pd.isna(row["test_accuracy"]) else f"{row['test_accuracy']:.2%}"
+        st.caption(
+            f"{row['model']} · status {row['status']} · test accuracy {accuracy} · "
+            f"trained in {format_duration(row['duration_s'])}"
+        )
+        confirmed = st.checkbox(
+            "Yes, delete this run, its curves and its weights for good", key="compare_delete_confirm",
+            help="Deleting cannot be undone; launching the same settings again retrains the run.",
+        )
+        if st.button("Delete run", type="primary", disabled=not confirmed, key="compare_delete"):
+            try:
+                get_store().delete_run(target)
+            except RunStoreError as err:
+                st.error(f"Not deleted: {err}. Stop it on the Train page, or wait until it ends.")
+            else:
+                st.session_state[FLASH_KEY] = f"Deleted run `{target}`."
+                st.session_state.pop("compare_delete_confirm", None)
+                st.rerun()

@@ -1,0 +1,321 @@
+"""Train: choose every setting, launch a run on the shared queue, and watch it learn live.
+
+The training itself runs in the JobQueue's worker thread, never in this script: the page only
+submits, polls the run store once a second, and remembers the run in the URL so a reloaded or
+reopened tab finds its run again.
+"""
+
+from __future__ import annotations
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from mnist_core.config import CHOICES, RANGES, ConfigError, TrainConfig
+from mnist_core.device import available_devices
+from mnist_core.history import (
+    device_label,
+    epoch_frame,
+    outcome,
+    progress_from_event,
+    progress_from_step,
+    settings_for_form,
+    step_frame,
+)
+from mnist_core.models import MODELS
+from mnist_core.runs import ACTIVE, RunRecord
+from pages.common import get_queue, get_store, help_text, limits, require_data, session_id
+
+RUN_KEY = "train_run"  # session_state: the run this tab watches (mirrored in ?run=)
+NOTICE_KEY = "train_notice"  # session_state: (run id, outcome) of this tab's last launch
+DEFAULTS = TrainConfig()
+SMOOTHING = 0.2  # EMA weight of the newest point; points come every 10 batches: roughly a 50-batch average
+
+data = require_data()
+st.title("Train a model")
+st.write(
+    "Pick a model and its training settings, then launch. Training runs on the server in the "
+    "background: you can leave this page, close the tab or come back later, and the run keeps "
+    "going. Every setting has a **?** explaining what it does."
+)
+
+
+@st.cache_data(show_spinner=False)
+def parameter_count(model: str) -> int:
+    return MODELS[model].parameter_count
+
+
+def remembered_run() -> str | None:
+    """The URL wins over the session: a reopened tab has only the URL."""
+    return st.query_params.get("run") or st.session_state.get(RUN_KEY)
+
+
+def remember(run_id: str) -> None:
+    st.session_state[RUN_KEY] = run_id
+    st.query_params["run"] = run_id
+
+
+def forget() -> None:
+    st.session_state.pop(RUN_KEY, None)
+    st.query_params.pop("run", None)
+
+
+def seed_form(config: dict) -> None:
+    """Put a config's values into the form's widgets (before they are drawn). The widgets take
+    their values only from session state, so Streamlit never sees two competing defaults."""
+    for name, value in settings_for_form(config, limits(), available_devices()).items():
+        st.session_state[f"train_{name}"] = value
+
+
+def settings_form(read_only: bool) -> dict | None:
+    """Every TrainConfig field as a widget; the chosen values once Launch is pressed."""
+    if "train_model" not in st.session_state:  # first visit, or back from another page
+        seed_form(DEFAULTS.to_dict())
+    caps = limits()
+    max_epochs = min(int(RANGES["epochs"][1]), caps.max_epochs)
+    max_batch = min(int(RANGES["batch_size"][1]), caps.max_batch_size)
+    with st.form("train_form"):
+        values: dict = {}
+        values["model"] = st.selectbox(
+            "Model", list(MODELS), key="train_model",
+            format_func=lambda name: f"{name} — {MODELS[name].description} ({parameter_count(name):,} parameters)",
+            help="Which network to train. More parameters can learn more, but take longer per epoch.",
+        )
+        left, middle, right = st.columns(3)
+        with left:
+            values["epochs"] = st.number_input(
+                "Epochs", 1, max_epochs, key="train_epochs",
+                help=help_text("epoch") + (f" This deployment allows at most {max_epochs}." if max_epochs < 100 else ""),
+            )
+            values["batch_size"] = st.number_input(
+                "Batch size", 1, max_batch, step=32, key="train_batch_size",
+                help=help_text("batch_size") + (f" This deployment allows at most {max_batch}." if max_batch < 8192 else ""),
+            )
+            values["lr"] = st.number_input(
+                "Learning rate", float(RANGES["lr"][0]), float(RANGES["lr"][1]), step=1e-4, format="%g",
+                key="train_lr",
+                help=help_text("learning_rate") + " Type any value, e.g. 3e-4; the arrows step by 0.0001.",
+            )
+            values["optimizer"] = st.selectbox(
+                "Optimizer", CHOICES["optimizer"], key="train_optimizer",
+                help=help_text("optimizer") + " scratch-sgd works with linear and mlp only.",
+            )
+            values["momentum"] = st.number_input(
+                "Momentum (used by sgd only)", float(RANGES["momentum"][0]), float(RANGES["momentum"][1]),
+                step=0.05, format="%g", key="train_momentum",
+                help=help_text("momentum") + " Only the sgd optimizer uses it; the others ignore this field.",
+            )
+        with middle:
+            values["weight_decay"] = st.number_input(
+                "Weight decay", 0.0, float(RANGES["weight_decay"][1]), step=1e-4, format="%g",
+                key="train_weight_decay", help=help_text("weight_decay"),
+            )
+            values["dropout"] = st.slider(
+                "Dropout", 0.0, float(RANGES["dropout"][1]), step=0.05, key="train_dropout",
+                help=help_text("dropout"),
+            )
+            values["schedule"] = st.selectbox(
+                "Learning-rate schedule", CHOICES["schedule"], key="train_schedule", help=help_text("schedule"),
+            )
+            values["augment"] = st.selectbox(
+                "Augmentation", CHOICES["augment"], key="train_augment", help=help_text("augment"),
+            )
+        with right:
+            values["val_split"] = st.slider(
+                "Validation split", 0.0, float(RANGES["val_split"][1]), step=0.05, key="train_val_split",
+                help=help_text("val_split"),
+            )
+            values["seed"] = st.number_input(
+                "Seed", 0, int(RANGES["seed"][1]), key="train_seed", help=help_text("seed"),
+            )
+            values["device"] = st.selectbox(
+                "Device", available_devices(), key="train_device", help=help_text("device"),
+            )
+            values["time_budget_s"] = st.number_input(
+                "Time budget (seconds, optional)", 1.0, 86400.0, step=30.0, format="%g",
+                placeholder="no limit", key="train_time_budget_s", help=help_text("time_budget_s"),
+            )
+        launched = st.form_submit_button(
+            "Launch training", type="primary", disabled=read_only,
+            help="Training is switched off in this read-only demo." if read_only else help_text("cached"),
+        )
+    return values if launched else None
+
+
+def launch(values: dict) -> None:
+    """Validate and submit; a bad setting becomes an error naming the field, never a traceback."""
+    try:
+        submission = get_queue().submit(TrainConfig(**values), session_id())
+    except ConfigError as err:
+        detail = str(err).removeprefix(f"{err.field}: ")
+        st.error(f"Cannot launch: the setting **{err.field}** is not accepted — {detail}")
+        return
+    remember(submission.run_id)
+    st.session_state[NOTICE_KEY] = (submission.run_id, submission.outcome)
+
+
+def show_notice(record: RunRecord) -> None:
+    """What happened at launch: trained before, joined someone's run, or queued."""
+    notice = st.session_state.get(NOTICE_KEY)
+    if not notice or notice[0] != record.id:
+        return
+    if notice[1] == "cached":
+        st.info(f"**Already trained — showing the stored run, no training needed.** {help_text('cached')}")
+    elif notice[1] == "joined":
+        st.info(
+            "**Someone already launched exactly these settings.** You are now watching that run; "
+            "it trains once and everyone sees the same result."
+        )
+    elif record.active:
+        st.success("Launched. You may leave this page: the run keeps training on the server.")
+
+
+def loss_accuracy_step_figures(record: RunRecord) -> tuple[go.Figure, go.Figure] | None:
+    """Per-step loss and accuracy: the raw noisy batch values, faint, and their EMA, bold."""
+    frame = step_frame(get_store().steps(record.id), SMOOTHING)
+    if frame.empty:
+        return None
+    figures = []
+    for metric, title in (("loss", "Training loss per step"), ("accuracy", "Batch accuracy per step")):
+        figure = go.Figure()
+        figure.add_scatter(x=frame["step"], y=frame[metric], name="per batch", mode="lines",
+                           line={"width": 1, "color": "#94a3d8"}, opacity=0.45)
+        figure.add_scatter(x=frame["step"], y=frame[f"{metric}_smooth"], name="smoothed (EMA)", mode="lines",
+                           line={"width": 2.5, "color": "#3b5bdb"})
+        figure.update_layout(title=title, xaxis_title="step (batch)", yaxis_title=metric, height=320,
+                             margin={"t": 50, "b": 40}, legend={"orientation": "h", "y": -0.25})
+        if metric == "accuracy":
+            figure.update_yaxes(tickformat=".0%")
+        figures.append(figure)
+    return figures[0], figures[1]
+
+
+def epoch_figures(record: RunRecord) -> tuple[go.Figure, go.Figure] | None:
+    """Per-epoch loss and accuracy on train, validation and test: the overfitting picture."""
+    frame = epoch_frame(get_store().epochs(record.id))
+    if frame.empty:
+        return None
+    colours = {"train": "#3b5bdb", "val": "#f08c00", "test": "#2b8a3e"}
+    loss = px.line(frame, x="epoch", y="loss", color="split", markers=True, color_discrete_map=colours,
+                   title="Loss per epoch")
+    accuracy = px.line(frame, x="epoch", y="accuracy", color="split", markers=True, color_discrete_map=colours,
+                       title="Accuracy per epoch")
+    accuracy.update_yaxes(tickformat=".1%")
+    for figure in (loss, accuracy):
+        figure.update_layout(height=320, margin={"t": 50, "b": 40})
+        figure.update_xaxes(dtick=1)
+    return loss, accuracy
+
+
+def show_progress(record: RunRecord) -> None:
+    """Queue position while waiting; a progress bar with epoch, ETA and speed while training."""
+    queue = get_queue()
+    if record.status == "queued":
+        position = queue.position(record.id)
+        if position is None:
+            st.info("Queued: waiting for a free trainer.")
+        else:
+            ahead = "it is next" if position == 1 else f"{position - 1} run(s) ahead of it"
+            st.info(f"Waiting in the queue: position {position} ({ahead}). It starts as soon as a trainer is free.")
+        return
+    event = queue.progress(record.id)
+    if event is not None:
+        progress = progress_from_event(event, record.config["epochs"])
+    else:  # trained by another process (the CLI), or before its first report
+        steps = get_store().steps(record.id)
+        if not steps:
+            st.progress(0.0, text="Starting: preparing the data on the device…")
+            return
+        progress = progress_from_step(steps[-1], record.config, len(data.train_labels))
+    st.progress(progress.fraction, text=progress.text())
+
+
+def show_run(record: RunRecord) -> None:
+    """Everything about one run: progress or outcome, then its curves."""
+    config = record.config
+    st.subheader(f"Run `{record.id}`")
+    st.caption(
+        f"{config['model']} · {config['epochs']} epoch(s) · batch {config['batch_size']} · "
+        f"lr {config['lr']:g} · {config['optimizer']} · status **{record.status}** · device {device_label(record)}"
+    )
+    if record.active:
+        show_progress(record)
+        if get_queue().is_active(record.id):
+            if st.button("Stop training", key=f"stop_{record.id}", icon=":material/stop_circle:",
+                         help="Ask the trainer to stop after the current batch; the run is kept as cancelled."):
+                get_queue().cancel(record.id)
+                st.toast("Stop requested.")
+    else:
+        level, text = outcome(record)
+        getattr(st, level)(text)
+        if record.test_accuracy is not None:
+            st.metric("Test accuracy", f"{record.test_accuracy:.2%}",
+                      help="Share of the 10,000 test images this model classifies correctly.")
+            st.page_link("pages/evaluate.py", label="Evaluate this run: confusion matrix, mistakes, per-digit scores",
+                         icon="📊", query_params={"run": record.id})
+    steps = loss_accuracy_step_figures(record)
+    if steps is not None:
+        left, right = st.columns(2)
+        left.plotly_chart(steps[0], key=f"steps_loss_{record.id}")
+        right.plotly_chart(steps[1], key=f"steps_accuracy_{record.id}")
+    epochs = epoch_figures(record)
+    if epochs is not None:
+        left, right = st.columns(2)
+        left.plotly_chart(epochs[0], key=f"epochs_loss_{record.id}")
+        right.plotly_chart(epochs[1], key=f"epochs_accuracy_{record.id}")
+    elif record.active:
+        st.caption("Per-epoch train / validation / test curves appear after the first epoch.")
+
+
+@st.fragment(run_every=1.0)
+def live_run(run_id: str) -> None:
+    """Re-read the store every second while the run is active; when it ends, rerun the whole
+    page so the final view is drawn once by the non-polling path."""
+    record = get_store().get_run(run_id)
+    if record is None or not record.active:
+        st.rerun()
+    show_run(record)
+
+
+read_only = limits().read_only
+if read_only:
+    st.info("This is a read-only demo: launching training is switched off. You can still watch runs "
+            "that are already training and compare stored runs.")
+values = settings_form(read_only)
+if values is not None:
+    launch(values)
+
+run_id = remembered_run()
+record = get_store().get_run(run_id) if run_id else None
+if run_id and record is None:
+    st.warning(f"Run `{run_id}` no longer exists (it was deleted). Launch a new one above.")
+    forget()
+if record is None:
+    active = get_store().list_runs(ACTIVE)
+    if active:
+        latest = active[0]
+        st.info(f"Run `{latest.id}` is {latest.status} right now.")
+        if st.button(f"Watch {latest.id}", key="attach_active", help="Follow this run's progress live here."):
+            remember(latest.id)
+            st.rerun()
+    else:
+        st.caption("No run is being watched. Launch one above; its progress appears here.")
+else:
+    remember(record.id)  # also puts ?run= back into a URL that lost it
+    show_notice(record)
+    if record.active:
+        live_run(record.id)
+    else:
+        show_run(record)
+    st.button(
+        "Copy this run's settings into the form", key="copy_settings", on_click=seed_form, args=(record.config,),
+        icon=":material/content_copy:",
+        help="Then change one setting and launch again: two runs that differ in one setting show what it does.",
+    )
+
+with st.expander("Why? Loss versus accuracy"):
+    st.write(help_text("loss_vs_metric"))
+with st.expander("Why? Overfitting: train versus validation curves"):
+    st.write(help_text("overfitting"))
+with st.expander("Why? Softmax and cross-entropy"):
+    st.write(help_text("softmax"))

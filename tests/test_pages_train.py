@@ -1,0 +1,272 @@
+"""The Train and Compare pages through Streamlit's AppTest: launch, watch, cache, compare.
+
+The pages share one process-wide JobQueue and RunStore (st.cache_resource), as the browser
+sessions of one server do; the store lives in the per-process MNIST_RUNS_DIR set by conftest.
+Training is real but tiny: one epoch of the linear model, about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mnist_core.config import Limits, TrainConfig
+from mnist_core.history import CONFIG_COLUMNS
+from mnist_core.runs import ACTIVE, RunStore
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+SEED = 4404  # unusual, so another test file training "linear, 1 epoch" cannot have cached this run
+WAIT_S = 60
+
+pytestmark = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
+
+
+def open_page(page: str, run: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    at.switch_page(page)
+    if run is not None:
+        at.query_params["run"] = run
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def fill_linear(at: AppTest, epochs: int = 1) -> None:
+    at.selectbox(key="train_model").set_value("linear")
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.number_input(key="train_batch_size").set_value(256)
+    at.slider(key="train_val_split").set_value(0.1)
+    at.number_input(key="train_seed").set_value(SEED)
+
+
+def launch(at: AppTest) -> AppTest:
+    at.form_submit_button[0].click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def wait_until_ended(store: RunStore, run_id: str) -> str:
+    deadline = time.monotonic() + WAIT_S
+    while (status := store.get_run(run_id).status) in ACTIVE:
+        assert time.monotonic() < deadline, f"run {run_id} still {status} after {WAIT_S} s"
+        time.sleep(0.3)
+    return status
+
+
+@pytest.fixture(scope="module")
+def runs() -> RunStore:
+    return RunStore(os.environ["MNIST_RUNS_DIR"])
+
+
+@pytest.fixture(scope="module")
+def trained(runs: RunStore) -> str:
+    """Launch the linear run through the form and wait for it; its id."""
+    at = open_page("pages/train.py")
+    fill_linear(at)
+    launch(at)
+    assert not at.error, texts(at.error)
+    run_id = at.query_params.get("run")
+    assert run_id and run_id.startswith("linear-"), at.query_params
+    assert at.session_state["train_run"] == run_id
+    record = runs.get_run(run_id)
+    assert record is not None and record.config["batch_size"] == 256 and record.config["seed"] == SEED
+    assert wait_until_ended(runs, run_id) == "finished", runs.get_run(run_id).message
+    at.run()  # the page picks up the end of the run
+    assert not at.exception
+    assert "Finished: test accuracy" in texts(at.success)
+    return run_id
+
+
+def test_train_page_offers_every_setting_with_help():
+    at = open_page("pages/train.py")
+    keys = {w.key for kind in (at.selectbox, at.number_input, at.slider) for w in kind}
+    for field in CONFIG_COLUMNS:  # every TrainConfig setting
+        assert f"train_{field}" in keys, field
+    for kind in (at.selectbox, at.number_input, at.slider):
+        for widget in kind:
+            if widget.key and widget.key.startswith("train_"):
+                assert widget.help, widget.key
+    assert not at.form_submit_button[0].disabled
+    assert len(at.expander) >= 3  # loss vs metric, overfitting, softmax
+
+
+def test_launched_run_finishes_and_shows_its_accuracy(trained: str, runs: RunStore):
+    record = runs.get_run(trained)
+    at = open_page("pages/train.py", run=trained)  # a reopened tab: only the URL remembers the run
+    assert trained in texts(at.subheader), "the page re-attached to the run"
+    metric = next(m for m in at.metric if m.label == "Test accuracy")
+    assert metric.value == f"{record.test_accuracy:.2%}"
+    assert record.test_accuracy > 0.8
+    assert at.query_params["run"] == trained
+
+
+def test_a_runs_settings_can_be_copied_into_the_form(trained: str):
+    at = open_page("pages/train.py", run=trained)
+    assert at.selectbox(key="train_model").value == "cnn-small"  # a fresh tab starts at the defaults
+    at.button(key="copy_settings").click().run()
+    assert not at.exception
+    assert at.selectbox(key="train_model").value == "linear"
+    assert at.number_input(key="train_batch_size").value == 256
+    assert at.number_input(key="train_seed").value == SEED
+    assert at.number_input(key="train_time_budget_s").value is None
+
+
+def test_same_settings_again_are_served_from_the_store(trained: str, runs: RunStore):
+    before = runs.get_run(trained)
+    at = open_page("pages/train.py")
+    fill_linear(at)
+    launch(at)
+    assert "Already trained" in texts(at.info)
+    assert at.query_params["run"] == trained
+    after = runs.get_run(trained)
+    assert (after.status, after.created, after.test_accuracy) == ("finished", before.created, before.test_accuracy)
+
+
+def test_compare_lists_the_run_with_its_accuracy(trained: str, runs: RunStore):
+    at = open_page("pages/compare.py")
+    table = at.dataframe[0].value
+    row = table[table["id"] == trained]
+    assert len(row) == 1
+    assert row["test_accuracy"].item() == pytest.approx(runs.get_run(trained).test_accuracy)
+    assert row["status"].item() == "finished"
+    assert len(at.get("plotly_chart")) >= 3  # epoch accuracy, epoch loss, step loss (+ scatter)
+
+
+def test_compare_filters_hide_the_run(trained: str):
+    at = open_page("pages/compare.py")
+    at.slider(key="compare_min_accuracy").set_value(100.0).run()
+    assert not at.exception
+    assert trained not in set(at.dataframe[0].value["id"])
+    at.slider(key="compare_min_accuracy").set_value(0.0)
+    at.multiselect(key="compare_models").select("linear").run()
+    assert trained in set(at.dataframe[0].value["id"])
+
+
+def test_evaluate_page_shows_the_run(trained: str):
+    if not (ROOT / "pages" / "evaluate.py").exists():
+        pytest.skip("pages/evaluate.py (another engineer's page) does not exist yet")
+    at = open_page("pages/evaluate.py", run=trained)
+    page_text = texts(at.markdown) + texts(at.caption) + texts(at.selectbox)
+    assert trained in page_text
+
+
+def test_invalid_combination_shows_an_error_naming_the_field(runs: RunStore):
+    count = runs.count()
+    at = open_page("pages/train.py")
+    at.selectbox(key="train_model").set_value("cnn-small")
+    at.selectbox(key="train_optimizer").set_value("scratch-sgd")
+    launch(at)
+    assert "optimizer" in texts(at.error)
+    assert runs.count() == count and "run" not in at.query_params
+
+
+def test_queue_refusal_shows_an_error_not_an_exception(monkeypatch, runs: RunStore):
+    from pages.common import get_queue
+
+    count = runs.count()
+    at = open_page("pages/train.py")  # creates the shared queue if no test did yet
+    monkeypatch.setattr(get_queue(), "limits", Limits(max_epochs=1))  # the queue's caps, not the form's
+    fill_linear(at, epochs=2)
+    launch(at)
+    assert "epochs" in texts(at.error) and "limit" in texts(at.error)
+    assert runs.count() == count
+
+
+def test_deployment_caps_bound_the_widgets(monkeypatch):
+    monkeypatch.setenv("MNIST_MAX_EPOCHS", "1")
+    monkeypatch.setenv("MNIST_MAX_BATCH_SIZE", "128")
+    at = open_page("pages/train.py")
+    assert at.number_input(key="train_epochs").max == 1
+    assert at.number_input(key="train_batch_size").max == 128
+
+
+def test_read_only_mode_disables_launch(monkeypatch):
+    monkeypatch.setenv("MNIST_READ_ONLY", "1")
+    at = open_page("pages/train.py")
+    assert at.form_submit_button[0].disabled
+    assert "read-only" in texts(at.info)
+
+
+def test_live_view_of_a_run_trained_elsewhere(runs: RunStore):
+    """A run another process trains (say the CLI): progress comes from its stored steps, and a
+    tab with no remembered run is offered to attach to it."""
+    from pages.common import get_queue
+
+    get_queue()  # created first: a new queue would mark this unowned "running" run interrupted
+    run_id = "linear-livecli"
+    config = TrainConfig(model="linear", epochs=2, batch_size=600, lr=0.1, val_split=0.1).to_dict()
+    runs.create_run(run_id, config, status="running")
+    try:
+        # 54,000 training images / 600 = 90 steps per epoch, 180 in all; step 45 is a quarter.
+        runs.add_steps(run_id, [{"step": s, "epoch": 1, "loss": 2.0 / s, "accuracy": 0.5, "lr": 0.1,
+                                 "images_per_s": 3000.0, "elapsed": s / 10} for s in (15, 30, 45)])
+        at = open_page("pages/train.py")
+        assert run_id in texts(at.info)
+        at.button(key="attach_active").click().run()
+        assert not at.exception
+        assert at.query_params["run"] == run_id and run_id in texts(at.subheader)
+        bar = at.progress[0]
+        assert bar.value == 25 and "epoch 1 of 2" in bar.text and "3,000 images/s" in bar.text
+        assert f"stop_{run_id}" not in {b.key for b in at.button}, "no Stop: this server's queue does not own it"
+        assert len(at.get("plotly_chart")) == 2  # loss and accuracy per step; no epoch ended yet
+    finally:
+        runs.set_status(run_id, "cancelled")
+        runs.delete_run(run_id)
+
+
+def test_compare_refuses_to_delete_an_active_run(runs: RunStore):
+    from pages.common import get_queue
+
+    get_queue()  # created first: a new queue would mark this unowned "running" run interrupted
+    runs.create_run("linear-activedelete", TrainConfig(model="linear").to_dict(), status="running")
+    try:
+        at = open_page("pages/compare.py")
+        at.selectbox(key="compare_delete_target").set_value("linear-activedelete")
+        at.checkbox(key="compare_delete_confirm").check().run()
+        at.button(key="compare_delete").click().run()
+        assert not at.exception
+        assert "Not deleted" in texts(at.error) and "cancel it first" in texts(at.error)
+        assert runs.get_run("linear-activedelete") is not None
+    finally:
+        runs.set_status("linear-activedelete", "cancelled")
+        runs.delete_run("linear-activedelete")
+
+
+def test_compare_deletes_an_ended_run(runs: RunStore):
+    runs.create_run("linear-todelete", TrainConfig(model="linear").to_dict(), status="cancelled")
+    at = open_page("pages/compare.py")
+    at.selectbox(key="compare_delete_target").set_value("linear-todelete")
+    assert at.button(key="compare_delete").disabled  # not confirmed yet
+    at.checkbox(key="compare_delete_confirm").check().run()
+    at.button(key="compare_delete").click().run()
+    assert not at.exception
+    assert runs.get_run("linear-todelete") is None
+    assert "Deleted run" in texts(at.success)
+
+
+def test_second_session_joins_a_running_run_and_can_stop_it(runs: RunStore):
+    first = open_page("pages/train.py")
+    fill_linear(first, epochs=20)  # long enough to be still active when the second tab launches
+    launch(first)
+    run_id = first.query_params["run"]
+    second = open_page("pages/train.py")
+    fill_linear(second, epochs=20)
+    launch(second)
+    assert "Someone already launched exactly these settings" in texts(second.info)
+    assert second.query_params["run"] == run_id
+    second.button(key=f"stop_{run_id}").click().run()
+    assert not second.exception
+    assert wait_until_ended(runs, run_id) == "cancelled"
+    second.run()
+    assert "Cancelled" in texts(second.warning)
