@@ -67,14 +67,6 @@ def test_every_optimizer_and_schedule_trains(optimizer, schedule):
         assert len(set(lrs)) > 1  # the schedule really changed the learning rate
 
 
-def test_scratch_sgd_matches_torch_sgd():
-    base = TrainConfig(model="mlp", epochs=2, batch_size=50, lr=0.05, momentum=0.0, weight_decay=1e-4, val_split=0.1)
-    scratch = train(base.replace(optimizer="scratch-sgd"), DATA)
-    library = train(base.replace(optimizer="sgd"), DATA)
-    for x, y in zip(weights(scratch), weights(library)):
-        assert torch.allclose(x, y, atol=1e-6)
-
-
 def test_time_budget_stops_early():
     result = train(TrainConfig(model="mlp", epochs=100, batch_size=8, time_budget_s=1), DATA)
     assert result.status == "finished" and "Time budget" in result.message and result.epochs_done < 100
