@@ -16,7 +16,8 @@ from mnist_core.data import DataError, Mnist, default_cache_dir, install_files, 
 from mnist_core.device import describe_device
 from mnist_core.glossary import explain
 from mnist_core.jobs import JobQueue
-from mnist_core.runs import RunStore
+from mnist_core.predict import finished_runs
+from mnist_core.runs import RunRecord, RunStore
 
 
 def route_through_app() -> None:
@@ -107,6 +108,16 @@ def require_data() -> Mnist:
             except DataError as err:
                 st.error(str(err))
     st.stop()
+
+
+def require_finished_runs(no_runs_hint: str) -> list[RunRecord]:
+    """Finished runs with weights, best first; without any, say how to train one and stop."""
+    runs = finished_runs(get_store())
+    if not runs:
+        st.info(f"There is no trained model yet. {no_runs_hint}")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+        st.stop()
+    return runs
 
 
 def help_text(term: str) -> str:

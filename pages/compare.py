@@ -51,7 +51,7 @@ records = get_store().list_runs()
 frame = runs_frame(records)
 if frame.empty:
     st.info("No runs yet. Train one first; it will be listed here.")
-    st.page_link("pages/train.py", label="Go to Train", icon="🏋️")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 # -- filters ------------------------------------------------------------------------------------

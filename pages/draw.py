@@ -12,14 +12,13 @@ from mnist_core.predict import (
     Prediction,
     default_run_index,
     enlarge,
-    finished_runs,
     load_run_model,
     predict_canvas,
     predict_upload,
     run_label,
 )
 from mnist_core.preprocess import ImageError
-from pages.common import get_store, help_text
+from pages.common import get_store, help_text, require_finished_runs
 
 CANVAS_SIDE = 280
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"]
@@ -59,12 +58,8 @@ st.write(
 )
 
 store = get_store()
-runs = finished_runs(store)
-if not runs:
-    st.info("There is no trained model yet. Train one first: one epoch of `cnn-small` takes "
-            "about a minute on a CPU and reads drawn digits well.")
-    st.page_link("pages/train.py", label="Go to Train", icon="🏋️")
-    st.stop()
+runs = require_finished_runs("Train one first: one epoch of `cnn-small` takes about a minute on a CPU "
+                             "and reads drawn digits well.")
 
 by_id = {r.id: r for r in runs}
 run_id = st.selectbox(
@@ -93,7 +88,7 @@ with input_col:
             width=CANVAS_SIDE, height=CANVAS_SIDE, drawing_mode="freedraw", return_image_data=True,
             key=f"draw_canvas_{st.session_state.get('draw_canvas_number', 0)}",
         )
-        st.button("Clear", on_click=clear_drawing, icon="🧽", help="Start again on an empty canvas.")
+        st.button("Clear", on_click=clear_drawing, icon=":material/ink_eraser:", help="Start again on an empty canvas.")
         prediction = predict_canvas(model, canvas.image_data)
         hint = "Draw a digit on the black square: one digit, large, in the middle works best."
     else:

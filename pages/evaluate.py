@@ -16,12 +16,11 @@ from mnist_core.predict import (
     confident_mistakes,
     default_run_index,
     enlarge,
-    finished_runs,
     load_evaluation,
     most_confused,
     run_label,
 )
-from pages.common import get_store, help_text, load_data, require_data
+from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
 
 DIGITS = list(range(10))
 PER_ROW = 8
@@ -81,12 +80,7 @@ st.write(
 )
 
 store = get_store()
-runs = finished_runs(store)
-if not runs:
-    st.info("No finished run yet. Train a model first (one epoch of `linear` takes seconds), "
-            "then come back here.")
-    st.page_link("pages/train.py", label="Go to Train", icon="🏋️")
-    st.stop()
+runs = require_finished_runs("Train one first (one epoch of `linear` takes seconds), then come back here.")
 
 by_id = {r.id: r for r in runs}
 run_id = st.selectbox(

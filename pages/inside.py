@@ -1,6 +1,6 @@
 """Inside the network: what a trained model looks at, layer by layer and pixel by pixel."""
 
-from pages.common import get_store, help_text, load_data, require_data
+from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
 
 import numpy as np
 import plotly.graph_objects as go
@@ -11,7 +11,7 @@ from mnist_core import insight
 from mnist_core.baselines import mean_images
 from mnist_core.data import normalise
 from mnist_core.models import Classifier
-from mnist_core.predict import enlarge, finished_runs, load_run_model, run_label
+from mnist_core.predict import enlarge, load_run_model, run_label
 from mnist_core.preprocess import normalise as normalise_drawing
 from mnist_core.runs import RunStoreError
 
@@ -150,12 +150,8 @@ st.write(
 )
 
 store = get_store()
-runs = finished_runs(store)
-if not runs:
-    st.info("There is no trained model yet. Train one first: a `linear` run takes seconds, one epoch "
-            "of `cnn-small` about a minute on a CPU.")
-    st.page_link("pages/train.py", label="Go to Train", icon="🏋️")
-    st.stop()
+runs = require_finished_runs("Train one first: a `linear` run takes seconds, one epoch of `cnn-small` "
+                             "about a minute on a CPU.")
 
 by_id = {r.id: r for r in runs}
 run_column, input_column = st.columns([1.2, 1], gap="large")

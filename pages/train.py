@@ -252,7 +252,7 @@ def show_run(record: RunRecord) -> None:
             st.metric("Test accuracy", f"{record.test_accuracy:.2%}",
                       help="Share of the 10,000 test images this model classifies correctly.")
             st.page_link("pages/evaluate.py", label="Evaluate this run: confusion matrix, mistakes, per-digit scores",
-                         icon="📊", query_params={"run": record.id})
+                         icon=":material/analytics:", query_params={"run": record.id})
     steps = loss_accuracy_step_figures(record)
     if steps is not None:
         left, right = st.columns(2)
