@@ -11,7 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core.config import CHOICES, RANGES, ConfigError, TrainConfig
+from mnist_core.config import CHOICES, RANGES, RECIPES, ConfigError, TrainConfig
 from mnist_core.device import available_devices
 from mnist_core.history import (
     device_label,
@@ -281,6 +281,14 @@ read_only = limits().read_only
 if read_only:
     st.info("This is a read-only demo: launching training is switched off. You can still watch runs "
             "that are already training and compare stored runs.")
+recipe_columns = st.columns(len(RECIPES) + 1)
+recipe_columns[0].caption("Start from a tuned recipe:")
+for column, (name, recipe) in zip(recipe_columns[1:], RECIPES.items()):
+    column.button(
+        f"Recipe: {name}", key=f"recipe_{name}", on_click=seed_form, args=(recipe.to_dict(),),
+        help=f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} with a "
+             f"{recipe.schedule} schedule, augmentation {recipe.augment}. Measured by `python -m mnist_core.bench`.",
+    )
 values = settings_form(read_only)
 if values is not None:
     launch(values)

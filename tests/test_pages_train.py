@@ -270,3 +270,16 @@ def test_second_session_joins_a_running_run_and_can_stop_it(runs: RunStore):
     assert wait_until_ended(runs, run_id) == "cancelled"
     second.run()
     assert "Cancelled" in texts(second.warning)
+
+
+def test_a_recipe_button_fills_the_form_with_the_tuned_settings():
+    from mnist_core.config import RECIPES
+
+    at = open_page("pages/train.py")
+    at.button(key="recipe_cnn-fast").click()
+    at.run()
+    assert not at.exception
+    recipe = RECIPES["cnn-fast"]
+    assert at.selectbox(key="train_model").value == "cnn-fast"
+    assert at.number_input(key="train_batch_size").value == recipe.batch_size
+    assert at.selectbox(key="train_schedule").value == recipe.schedule
