@@ -33,9 +33,6 @@ def route_through_app() -> None:
         st.rerun()
 
 
-route_through_app()
-
-
 @st.cache_resource(show_spinner="Opening the run store…")
 def get_store() -> RunStore:
     return RunStore()
@@ -126,3 +123,7 @@ def help_text(term: str) -> str:
 
 def show_config_error(err: ConfigError) -> None:
     st.error(f"Invalid setting — {err}")
+
+
+# Last, so a session importing this module concurrently never sees it half-defined.
+route_through_app()

@@ -170,9 +170,17 @@ def show_notice(record: RunRecord) -> None:
         st.success("Launched. You may leave this page: the run keeps training on the server.")
 
 
-def loss_accuracy_step_figures(record: RunRecord) -> tuple[go.Figure, go.Figure] | None:
+def metrics_revision(record: RunRecord) -> tuple:
+    """Changes whenever the run has new metrics: the cache key of its figures, so a tab that
+    polls a run which has not moved since the last poll rebuilds nothing."""
+    event = get_queue().progress(record.id)
+    return record.created, record.status, record.epochs_done, event.step if event else None
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def loss_accuracy_step_figures(run_id: str, revision: tuple) -> tuple[go.Figure, go.Figure] | None:
     """Per-step loss and accuracy: the raw noisy batch values, faint, and their EMA, bold."""
-    frame = step_frame(get_store().steps(record.id), SMOOTHING)
+    frame = step_frame(get_store().steps(run_id), SMOOTHING)
     if frame.empty:
         return None
     figures = []
@@ -190,9 +198,10 @@ def loss_accuracy_step_figures(record: RunRecord) -> tuple[go.Figure, go.Figure]
     return figures[0], figures[1]
 
 
-def epoch_figures(record: RunRecord) -> tuple[go.Figure, go.Figure] | None:
+@st.cache_data(max_entries=64, show_spinner=False)
+def epoch_figures(run_id: str, revision: tuple) -> tuple[go.Figure, go.Figure] | None:
     """Per-epoch loss and accuracy on train, validation and test: the overfitting picture."""
-    frame = epoch_frame(get_store().epochs(record.id))
+    frame = epoch_frame(get_store().epochs(run_id))
     if frame.empty:
         return None
     colours = {"train": "#3b5bdb", "val": "#f08c00", "test": "#2b8a3e"}
@@ -253,12 +262,14 @@ def show_run(record: RunRecord) -> None:
                       help="Share of the 10,000 test images this model classifies correctly.")
             st.page_link("pages/evaluate.py", label="Evaluate this run: confusion matrix, mistakes, per-digit scores",
                          icon=":material/analytics:", query_params={"run": record.id})
-    steps = loss_accuracy_step_figures(record)
+    if record.status == "queued":
+        return
+    steps = loss_accuracy_step_figures(record.id, metrics_revision(record))
     if steps is not None:
         left, right = st.columns(2)
         left.plotly_chart(steps[0], key=f"steps_loss_{record.id}")
         right.plotly_chart(steps[1], key=f"steps_accuracy_{record.id}")
-    epochs = epoch_figures(record)
+    epochs = epoch_figures(record.id, (record.created, record.epochs_done, record.status))
     if epochs is not None:
         left, right = st.columns(2)
         left.plotly_chart(epochs[0], key=f"epochs_loss_{record.id}")
@@ -267,10 +278,11 @@ def show_run(record: RunRecord) -> None:
         st.caption("Per-epoch train / validation / test curves appear after the first epoch.")
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=2.0)
 def live_run(run_id: str) -> None:
-    """Re-read the store every second while the run is active; when it ends, rerun the whole
-    page so the final view is drawn once by the non-polling path."""
+    """Re-read the store every two seconds while the run is active (often enough to look live,
+    rarely enough that many watching tabs leave the trainer its CPU); when it ends, rerun the
+    whole page so the final view is drawn once by the non-polling path."""
     record = get_store().get_run(run_id)
     if record is None or not record.active:
         st.rerun()

@@ -1,0 +1,269 @@
+"""Helpers for the real-browser tests: one `streamlit run app.py` server and headless Chromium.
+
+The tests drive the app the way a visitor does (HTTP, websocket, JavaScript), which AppTest
+cannot: it skips the frontend, custom components (the drawing canvas) and the server's sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+
+# url path -> title shown by st.title; url paths are what st.navigation derives from the file names.
+PAGES = {
+    "": "Learn deep learning on MNIST",
+    "dataset": "The dataset",
+    "mean_images": "Mean images: the baseline first",
+    "train": "Train a model",
+    "evaluate": "Evaluate a model",
+    "compare": "Compare runs",
+    "draw": "Draw a digit",
+    "inside": "Inside the network",
+}
+
+
+@dataclass
+class Server:
+    """A running dashboard: its address, process, private run store and captured log."""
+
+    url: str
+    process: subprocess.Popen
+    runs_dir: Path
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server and all its descendants (training runs in-process, but a
+        library could fork)."""
+        return sum(rss_of(pid) for pid in [self.process.pid, *descendants(self.process.pid)])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task")
+    found: list[int] = []
+    for task in path.glob("*/children") if path.exists() else []:
+        try:
+            found += [int(child) for child in task.read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    pending, found = children_of(pid), []
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending += children_of(child)
+    return found
+
+
+def rss_of(pid: int) -> int:
+    """VmRSS in bytes from /proc; 0 when the process is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Poll /_stcore/health until it says "ok"; fail with the server's log if it dies or hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().decode().strip() == "ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"streamlit did not answer /_stcore/health within {timeout:.0f} s:\n"
+                f"{log.read_text(errors='replace')}")
+
+
+@contextmanager
+def streamlit_server() -> Iterator[Server]:
+    """Start `streamlit run app.py` on a free loopback port with its own empty run store, which
+    is deleted afterwards (read the log and the store inside the `with`)."""
+    if not os.environ.get("MNIST_DATA_DIR"):
+        pytest.skip("MNIST_DATA_DIR is not set")
+    workdir = Path(tempfile.mkdtemp(prefix="mnist-browser-"))
+    runs_dir, log = workdir / "runs", workdir / "streamlit.log"
+    env = {**os.environ, "MNIST_RUNS_DIR": str(runs_dir)}
+    for cap in ("MNIST_MAX_EPOCHS", "MNIST_READ_ONLY"):  # the tests need training switched on
+        env.pop(cap, None)
+    # On a small shared machine torch's OpenMP threads spin-wait for each other when the cores are
+    # busy: one epoch of `linear` measured 20-50 s with 2 threads against 3-5 s with one.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_healthy(url, process, log)
+        yield Server(url, process, runs_dir, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def require_chromium() -> None:
+    """Skip without Chromium on a developer machine; fail in CI, where MNIST_REQUIRE_BROWSER=1."""
+    if CHROMIUM.exists():
+        return
+    message = f"{CHROMIUM} is missing (apt-get install chromium)"
+    if os.environ.get("MNIST_REQUIRE_BROWSER") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def launch_options() -> dict:
+    """Arguments for `playwright.chromium.launch`: the system Chromium (`playwright install`
+    cannot download browsers here), headless and quiet."""
+    require_chromium()
+    return {"executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """A headless Chromium from the playwright package (sync API)."""
+    options = launch_options()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**options)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def page_url(server: Server, path: str) -> str:
+    return f"{server.url}/{path}"
+
+
+IDLE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const main = document.querySelector('[data-testid="stMain"]');
+    if (!app || !main || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    const shown = main.querySelector('h1') || main.querySelector('[data-testid="stException"]');
+    if (!shown || document.querySelector('[data-testid="stSkeleton"]')) return false;
+    const images = [...main.querySelectorAll('img')].every(img => img.complete);
+    const charts = [...main.querySelectorAll('[data-testid="stPlotlyChart"]')]
+        .every(chart => chart.querySelector('.main-svg'));
+    return images && charts;
+}"""
+
+
+IDLE_STATE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const main = document.querySelector('[data-testid="stMain"]');
+    return {
+        script: app && app.getAttribute('data-test-script-state'),
+        title: !!(main && main.querySelector('h1')),
+        exceptions: document.querySelectorAll('[data-testid="stException"]').length,
+        skeletons: document.querySelectorAll('[data-testid="stSkeleton"]').length,
+        loadingImages: main ? [...main.querySelectorAll('img')].filter(img => !img.complete).length : 0,
+        undrawnCharts: main ? [...main.querySelectorAll('[data-testid="stPlotlyChart"]')]
+            .filter(chart => !chart.querySelector('.main-svg')).length : 0,
+    };
+}"""
+
+
+def wait_until_idle(page: Page, server: Server | None = None, timeout_ms: float = 60_000) -> None:
+    """Wait until the script run is over and its output drawn: Streamlit marks the app
+    `notRunning`, the page shows its title (or an exception box, for the caller to report), lazily
+    loaded elements have replaced their skeletons, images have loaded and Plotly has drawn every
+    chart. On timeout, say which of these never happened (and show the server's log)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(IDLE_JS, timeout=timeout_ms, polling=100)
+    except PlaywrightTimeout:
+        log = f"\n--- streamlit log ---\n{server.log_text()}" if server else ""
+        pytest.fail(f"{page.url} never settled within {timeout_ms / 1000:.0f} s: {page.evaluate(IDLE_STATE_JS)}{log}")
+
+
+# Added to every browser context: remembers each exception box the page ever showed, so a box
+# that a later rerun replaced is still caught. It lives until the next full navigation.
+WATCH_EXCEPTIONS_JS = """
+window.__stExceptions = [];
+new MutationObserver(() => {
+    for (const box of document.querySelectorAll('[data-testid="stException"]')) {
+        const text = box.innerText.trim();
+        if (!window.__stExceptions.includes(text)) window.__stExceptions.push(text);
+    }
+}).observe(document, {childList: true, subtree: true, characterData: true});
+"""
+SEEN_EXCEPTIONS_JS = """() => [...new Set([...(window.__stExceptions || []),
+    ...[...document.querySelectorAll('[data-testid="stException"]')].map(box => box.innerText.trim())])]"""
+
+
+def exception_texts(page: Page) -> list[str]:
+    """Every Streamlit exception box this document has shown (none on a healthy page)."""
+    return page.evaluate(SEEN_EXCEPTIONS_JS)
+
+
+def screenshot(page: Page, name: str) -> Path:
+    """Save the whole page: Streamlit scrolls inside its main element, not the document, so the
+    viewport is grown to the content's height for the shot (and restored afterwards)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    viewport = page.viewport_size
+    page.mouse.move(0, 0)  # no hover tooltip over the content
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": viewport["width"], "height": min(max(height, viewport["height"]), 12_000)})
+    try:
+        page.wait_for_timeout(300)  # let charts and columns re-lay out at the new size
+        wait_until_idle(page)
+        page.screenshot(path=str(path), full_page=True)
+    finally:
+        page.set_viewport_size(viewport)
+    return path
