@@ -266,3 +266,14 @@ def outcome(record: RunRecord) -> tuple[str, str]:
     if record.status == "interrupted":
         return "warning", f"Interrupted: {record.message or 'the server stopped before it finished.'}"
     return "info", f"{record.status.capitalize()}."
+
+
+def accuracy_range(values: Iterable[float], pad: float = 0.005) -> list[float]:
+    """A y-axis range for accuracies: the data with a margin, never below 0 or above 100%
+    (Plotly's autorange pads a single point out to 150%)."""
+    finite = [v for v in values if v is not None and v == v]
+    if not finite:
+        return [0.0, 1.0]
+    low, high = min(finite), max(finite)
+    margin = max(pad, 0.1 * (high - low))
+    return [max(0.0, low - margin), min(1.0, high + margin)]

@@ -10,7 +10,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from mnist_core.history import HYPERPARAMETERS, curves_frame, filter_runs, format_duration, runs_frame
+from mnist_core.history import (
+    HYPERPARAMETERS,
+    accuracy_range,
+    curves_frame,
+    filter_runs,
+    format_duration,
+    runs_frame,
+)
 from mnist_core.runs import RunStoreError
 from pages.common import get_store, help_text
 
@@ -134,7 +141,7 @@ else:
         left, right = st.columns(2)
         accuracy = px.line(epochs, x="epoch", y="accuracy", color="run_id", markers=True, labels={"run_id": "run"},
                            color_discrete_sequence=COLOURS, title=f"{SPLIT_NAMES[split]} accuracy per epoch")
-        accuracy.update_yaxes(tickformat=".1%")
+        accuracy.update_yaxes(tickformat=".1%", range=accuracy_range(epochs["accuracy"]))
         loss = px.line(epochs, x="epoch", y="loss", color="run_id", markers=True, log_y=True, labels={"run_id": "run"},
                        color_discrete_sequence=COLOURS, title=f"{SPLIT_NAMES[split]} loss per epoch (log scale)")
         loss.update_yaxes(tickformat=".3~g", dtick="D2")  # log ticks at 1, 2, 5 x 10^n as plain numbers
@@ -178,7 +185,7 @@ else:
         title=f"{HYPERPARAMETER_NAMES[parameter]} versus test accuracy",
     )
     scatter.update_traces(marker={"size": 11, "opacity": 0.8})
-    scatter.update_yaxes(tickformat=".1%")
+    scatter.update_yaxes(tickformat=".1%", range=accuracy_range(scored["test_accuracy"]))
     if parameter == "lr":
         scatter.update_xaxes(dtick=1, tickformat="~g")  # one labelled tick per decade
     scatter.update_layout(height=380, margin={"t": 50})

@@ -143,14 +143,15 @@ with table_col:
         column_config={
             "digit": st.column_config.NumberColumn("digit", width="small"),
             "precision": st.column_config.ProgressColumn(
-                "precision", format="%.3f", min_value=0.0, max_value=1.0,
+                "precision", format="%.3f", min_value=0.0, max_value=1.0, width="small",
                 help="Of the images predicted as this digit, the fraction that really are."),
             "recall": st.column_config.ProgressColumn(
-                "recall", format="%.3f", min_value=0.0, max_value=1.0,
+                "recall", format="%.3f", min_value=0.0, max_value=1.0, width="small",
                 help="Of the images that really are this digit, the fraction found."),
             "F1": st.column_config.NumberColumn(
-                "F1", format="%.3f", help="Harmonic mean of precision and recall."),
-            "support": st.column_config.NumberColumn("support", help="How many test images show this digit."),
+                "F1", format="%.3f", width="small", help="Harmonic mean of precision and recall."),
+            "support": st.column_config.NumberColumn(
+                "support", width="small", help="How many test images show this digit."),
         },
     )
     with st.expander("Why? Precision, recall and F1"):

@@ -214,3 +214,11 @@ def test_device_label_prefers_the_recorded_device():
     running = record("b", status="running", accuracy=None, device="cpu")
     running.device = ""
     assert device_label(running).startswith("CPU (")  # resolved on this machine while it trains
+
+
+def test_accuracy_range_pads_the_data_but_stays_within_0_and_1():
+    from mnist_core.history import accuracy_range
+
+    assert accuracy_range([0.9176]) == pytest.approx([0.9126, 0.9226])
+    assert accuracy_range([0.5, 0.999]) == pytest.approx([0.4501, 1.0])
+    assert accuracy_range([float("nan"), None]) == [0.0, 1.0]
