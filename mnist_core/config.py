@@ -17,6 +17,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "scratch-sgd")
 SCHEDULES = ("none", "step", "plateau", "onecycle")
 AUGMENTATIONS = ("none", "affine")
 DEVICES = ("auto", "cuda", "mps", "cpu")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,7 @@ class TrainConfig:
     val_split: float = 0.1
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     time_budget_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # reserved; must stay empty
 
@@ -87,6 +89,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": SCHEDULES,
     "augment": AUGMENTATIONS,
     "device": DEVICES,
+    "precision": PRECISIONS,
 }
 
 
@@ -157,7 +160,7 @@ class Limits:
 
 # Tuned starting points, offered by the Train page and measured by `python -m mnist_core.bench`.
 RECIPES: dict[str, TrainConfig] = {
-    "cnn-fast": TrainConfig(model="cnn-fast", epochs=2, batch_size=128, lr=3e-3, schedule="onecycle", val_split=0.0),
+    "cnn-fast": TrainConfig(model="cnn-fast", epochs=3, batch_size=128, lr=3e-3, schedule="onecycle", val_split=0.0),
     "cnn-best": TrainConfig(model="cnn-best", epochs=12, batch_size=128, lr=3e-3, schedule="onecycle",
                             augment="affine", dropout=0.25, val_split=0.0),
 }

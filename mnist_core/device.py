@@ -26,6 +26,21 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def use_bf16(precision: str, device: torch.device, convolutional: bool) -> bool:
+    """Whether to train in bfloat16 mixed precision.
+
+    'auto' takes it where it pays: CUDA GPUs that support bf16, and CPUs whose oneDNN has bf16
+    kernels, for convolutional models (there it runs about 1.5x faster; the tiny matrix products
+    of linear and mlp gain nothing). Weights, the optimizer and the loss stay in float32.
+    """
+    if precision == "fp32" or device.type == "mps":
+        return False
+    if device.type == "cuda":
+        return precision == "bf16" or torch.cuda.is_bf16_supported()
+    cpu_bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return precision == "bf16" or (convolutional and cpu_bf16)
+
+
 def describe_device(device: torch.device | str | None = None) -> str:
     """A short human name: the GPU's name, 'Apple MPS', or 'CPU (N threads)'."""
     device = resolve_device("auto") if device is None else torch.device(device)

@@ -65,6 +65,12 @@ GLOSSARY: dict[str, str] = {
         "Where the arithmetic runs. 'auto' picks an NVIDIA GPU (CUDA), then Apple's MPS, then the "
         "CPU. On a GPU training uses mixed precision (bfloat16) for speed."
     ),
+    "precision": (
+        "How many bits each number gets. 'fp32' computes everything in 32-bit floats. 'bf16' "
+        "(mixed precision) does the big matrix and convolution products in 16-bit bfloat16, which "
+        "is faster on GPUs and modern CPUs, while weights and the loss stay 32-bit. 'auto' uses "
+        "bf16 where it is faster: CUDA GPUs, and convolutional models on CPUs with bf16 support."
+    ),
     "time_budget_s": "Optional: stop training after this many seconds, keeping the model as it is then.",
     "normalisation": (
         "Pixels are scaled from 0-255 to 0-1, then standardised with the training set's mean "

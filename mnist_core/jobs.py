@@ -6,6 +6,7 @@ the run store, and keeps going when the browser tab closes. Pages only submit, p
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue
 import threading
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mnist_core.config import ConfigError, Limits, TrainConfig
-from mnist_core.data import Mnist
+from mnist_core.data import DataError, Mnist, load_mnist
 from mnist_core.evaluate import evaluate
 from mnist_core.runs import ACTIVE, RunStore
 from mnist_core.train import EpochEvent, StepEvent, train
@@ -70,7 +71,10 @@ def execute(
         store.update_run(run_id, summary={"traceback": traceback.format_exc(limit=5)})
         store.transition(run_id, "failed", f"{type(err).__name__}: {err}", only_from=["running"])
         return "failed"
-    summary: dict = {"images_per_s": result.images_per_s, "steps": result.steps_done}
+    summary: dict = {
+        "images_per_s": result.images_per_s, "steps": result.steps_done, "bf16": result.mixed_precision,
+        "pid": os.getpid(),
+    }
     if result.status == "finished" and result.epochs_done > 0:
         evaluation = evaluate(result.model, data.test_images, data.test_labels)
         store.save_weights(run_id, result.model.state_dict())
@@ -105,12 +109,21 @@ class Progress:
 
 
 class JobQueue:
-    """A FIFO of training jobs run by `limits.max_concurrent` worker threads."""
+    """A FIFO of training jobs run by `limits.max_concurrent` workers.
 
-    def __init__(self, store: RunStore, load_data: Callable[[], Mnist], limits: Limits | None = None):
+    With `load_data=None` (the dashboard) every job trains in a child process that loads MNIST
+    itself: a web server busy drawing pages for many visitors holds Python's GIL most of the
+    time, and a training thread inside it would crawl. Given a loader (tests, synthetic data),
+    jobs train in the worker thread on that data.
+    """
+
+    def __init__(self, store: RunStore, load_data: Callable[[], Mnist] | None = None, limits: Limits | None = None):
         self.store = store
         self.load_data = load_data
         self.limits = limits or Limits.from_env()
+        self._context = None if load_data is not None else multiprocessing.get_context("forkserver")
+        if self._context is not None:
+            self._context.set_forkserver_preload(["mnist_core.jobs"])  # torch imported once, not per job
         self._queue: queue.Queue[tuple[str, TrainConfig] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._pending: list[str] = []  # queued run ids in order
@@ -148,7 +161,7 @@ class JobQueue:
                 self.store.reset_run(run_id, config.to_dict())
             self.store.update_run(run_id, summary={"pid": os.getpid()})
             self._owners[run_id] = {session_id}
-            self._cancel[run_id] = threading.Event()
+            self._cancel[run_id] = self._context.Event() if self._context else threading.Event()
             self._pending.append(run_id)
             self._queue.put((run_id, config))
         return Submission(run_id, "queued")
@@ -206,14 +219,34 @@ class JobQueue:
                 cancel = self._cancel[run_id]
                 self._progress[run_id] = Progress(started=time.time())
             try:
-                data = self.load_data()
-                execute(self.store, run_id, config, data, cancel,
-                        on_step=lambda event, rid=run_id: self._record(rid, event))
+                if self._context is not None:
+                    self._run_in_child(run_id, config, cancel)
+                else:
+                    execute(self.store, run_id, config, self.load_data(), cancel,
+                            on_step=lambda event, rid=run_id: self._record(rid, event))
             except Exception as err:  # data missing or store failure: end this job, keep serving
                 self.store.transition(run_id, "failed", f"{type(err).__name__}: {err}", only_from=["queued", "running"])
             finally:
                 with self._lock:
                     self._cleanup(run_id)
+
+    def _run_in_child(self, run_id: str, config: TrainConfig, cancel) -> None:
+        """Train in a child process and wait for it; a child that dies marks its run failed.
+
+        The child is a daemon: a server that shuts down ends it (its run is then recovered as
+        interrupted at the next start), while one killed outright leaves it to finish its run.
+        """
+        process = self._context.Process(
+            target=train_in_child, args=(str(self.store.root), run_id, config.to_dict(), cancel),
+            name=f"mnist-train-{run_id}", daemon=True,
+        )
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            self.store.transition(
+                run_id, "failed", f"The training process ended unexpectedly (exit code {process.exitcode}).",
+                only_from=["queued", "running"],
+            )
 
     def _record(self, run_id: str, event: StepEvent) -> None:
         self._progress[run_id].step = event
@@ -222,6 +255,17 @@ class JobQueue:
         self._cancel.pop(run_id, None)
         self._owners.pop(run_id, None)
         self._progress.pop(run_id, None)
+
+
+def train_in_child(store_root: str, run_id: str, config: dict, cancel) -> None:
+    """Entry point of a training process: load MNIST and the store, then `execute`."""
+    store = RunStore(store_root)
+    try:
+        data = load_mnist(allow_download=False)
+    except DataError as err:
+        store.transition(run_id, "failed", str(err), only_from=["queued", "running"])
+        return
+    execute(store, run_id, TrainConfig.from_dict(config), data, cancel)
 
 
 def recover_interrupted(store: RunStore) -> int:

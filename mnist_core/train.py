@@ -19,7 +19,7 @@ from torch import nn
 
 from mnist_core.config import TrainConfig
 from mnist_core.data import Mnist, normalise
-from mnist_core.device import resolve_device
+from mnist_core.device import resolve_device, use_bf16
 from mnist_core.models import Classifier, build_model, is_convolutional
 
 EVAL_BATCH = 2000
@@ -67,6 +67,7 @@ class TrainResult:
     steps_done: int
     elapsed: float
     images_per_s: float
+    mixed_precision: bool = False
     test_loss: float | None = None
     test_accuracy: float | None = None
     history: list[EpochEvent] = field(default_factory=list)
@@ -183,7 +184,7 @@ def train(
     channels_last = device.type == "cpu" and is_convolutional(model)
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     splits = Splits(data, config.val_split, config.seed, device, channels_last)
-    use_amp = device.type == "cuda"
+    use_amp = use_bf16(config.precision, device, is_convolutional(model))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
@@ -287,7 +288,7 @@ def train(
     return TrainResult(
         status=status, message=message or "Training finished.", model=model, device=str(device),
         epochs_done=len(history), steps_done=step, elapsed=time.perf_counter() - start,
-        images_per_s=images_seen / max(train_time, 1e-9),
+        images_per_s=images_seen / max(train_time, 1e-9), mixed_precision=use_amp,
         test_loss=last.test_loss if last else None, test_accuracy=last.test_accuracy if last else None,
         history=history,
     )

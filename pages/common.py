@@ -41,7 +41,7 @@ def get_store() -> RunStore:
 @st.cache_resource(show_spinner=False)
 def get_queue() -> JobQueue:
     """The one training queue of this server; created once, it also recovers interrupted runs."""
-    return JobQueue(get_store(), lambda: load_mnist(allow_download=False))
+    return JobQueue(get_store())  # each run trains in its own process, which loads MNIST itself
 
 
 def load_data() -> Mnist | None:

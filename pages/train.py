@@ -131,6 +131,9 @@ def settings_form(read_only: bool) -> dict | None:
             values["device"] = st.selectbox(
                 "Device", available_devices(), key="train_device", help=help_text("device"),
             )
+            values["precision"] = st.selectbox(
+                "Precision", CHOICES["precision"], key="train_precision", help=help_text("precision"),
+            )
             values["time_budget_s"] = st.number_input(
                 "Time budget (seconds, optional)", 1.0, 86400.0, step=30.0, format="%g",
                 placeholder="no limit", key="train_time_budget_s", help=help_text("time_budget_s"),

@@ -59,10 +59,11 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the server and all its descendants (training runs in-process, but a
-        library could fork)."""
-        return sum(rss_of(pid) for pid in [self.process.pid, *descendants(self.process.pid)])
+    def memory_bytes(self) -> int:
+        """Memory of the server and all its descendants (training runs in child processes forked
+        from a preloaded fork server). Counted as PSS, so pages the children share with the fork
+        server (torch's libraries) count once, not once per process as plain RSS would."""
+        return sum(memory_of(pid) for pid in [self.process.pid, *descendants(self.process.pid)])
 
 
 def free_port() -> int:
@@ -91,14 +92,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def rss_of(pid: int) -> int:
-    """VmRSS in bytes from /proc; 0 when the process is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else 0
+def memory_of(pid: int) -> int:
+    """Proportional set size (Pss, from smaps_rollup) in bytes, falling back to VmRSS where the
+    kernel lacks smaps_rollup; 0 when the process is gone."""
+    for path, field in ((f"/proc/{pid}/smaps_rollup", "Pss"), (f"/proc/{pid}/status", "VmRSS")):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        match = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.MULTILINE)
+        if match:
+            return int(match.group(1)) * 1024
+    return 0
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:

@@ -137,3 +137,23 @@ def test_real_linear_run_beats_90_percent_and_is_reused(mnist, store):
     assert f"cached: identical configuration already trained as run {run_id}" in out
     assert len(store.steps(run_id)) == len(store.steps(run_id))  # untouched
     assert store.get_run(run_id).finished == record.finished
+
+
+def test_the_dashboard_mode_trains_each_run_in_its_own_process(mnist, store):
+    queue = JobQueue(store, limits=Limits(max_concurrent=1))  # no loader: children load MNIST
+    try:
+        done = queue.submit(TrainConfig(model="linear", epochs=1, batch_size=256, seed=11), "alice")
+        record = wait_for(store, done.run_id, timeout=120)
+        assert record.status == "finished" and record.test_accuracy > 0.9
+        assert record.summary["pid"] != os.getpid()  # trained elsewhere
+        assert store.has_tensors(done.run_id, "weights")
+
+        long = queue.submit(TrainConfig(model="mlp", epochs=50, batch_size=16, seed=12), "alice")
+        wait_for(store, long.run_id, ("running",), timeout=120)
+        deadline = time.monotonic() + 60
+        while not store.steps(long.run_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert queue.cancel(long.run_id)  # crosses the process boundary
+        assert wait_for(store, long.run_id, timeout=60).status == "cancelled"
+    finally:
+        queue.shutdown()

@@ -1,0 +1,44 @@
+"""The command line (mnist_core/cli.py) end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import ROOT
+
+
+def cli(*args: str, runs_dir) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_core", "--runs-dir", str(runs_dir), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=os.environ.copy())
+
+
+def test_train_runs_predict_and_baseline(mnist, tmp_path):
+    runs = tmp_path / "runs"
+    trained = cli("train", "--model", "linear", "--epochs", "1", "--batch-size", "256", runs_dir=runs)
+    assert trained.returncode == 0, trained.stderr
+    assert "status: finished" in trained.stdout and "test accuracy: 0.9" in trained.stdout
+
+    listing = cli("runs", runs_dir=runs)
+    run_id = next(line.split()[0] for line in listing.stdout.splitlines() if line.startswith("linear-"))
+    assert "finished" in listing.stdout
+
+    # A test digit saved as a black-on-white picture, the way someone would photograph one.
+    digit = 255 - mnist.test_images[0].numpy()
+    picture = tmp_path / "digit.png"
+    Image.fromarray(np.kron(digit, np.ones((8, 8), dtype=np.uint8))).save(picture)
+    predicted = cli("predict", str(picture), "--run", run_id, runs_dir=runs)
+    assert predicted.returncode == 0, predicted.stderr
+    assert f"predicted digit: {int(mnist.test_labels[0])}" in predicted.stdout
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 255).save(blank)
+    assert "blank" in cli("predict", str(blank), "--run", run_id, runs_dir=runs).stdout
+
+    baseline = cli("baseline", runs_dir=runs)
+    assert "nearest mean image (L2): test accuracy 0.820" in baseline.stdout
+    assert "3 vs 7" in baseline.stdout
