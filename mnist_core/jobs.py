@@ -10,7 +10,6 @@ import multiprocessing
 import os
 import queue
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,14 +99,6 @@ class Submission:
     outcome: str  # "cached" (already trained), "joined" (same config already queued/running), "queued"
 
 
-@dataclass
-class Progress:
-    """The latest live figures of a running job, for progress bars (not stored)."""
-
-    step: StepEvent | None = None
-    started: float = 0.0
-
-
 class JobQueue:
     """A FIFO of training jobs run by `limits.max_concurrent` workers.
 
@@ -129,7 +120,7 @@ class JobQueue:
         self._pending: list[str] = []  # queued run ids in order
         self._owners: dict[str, set[str]] = {}  # run id -> session ids that asked for it
         self._cancel: dict[str, threading.Event] = {}
-        self._progress: dict[str, Progress] = {}
+        self._progress: dict[str, StepEvent] = {}  # latest live event of in-thread jobs
         recover_interrupted(store)
         self._workers = [
             threading.Thread(target=self._work, name=f"mnist-trainer-{i}", daemon=True)
@@ -184,8 +175,9 @@ class JobQueue:
             return self._pending.index(run_id) + 1 if run_id in self._pending else None
 
     def progress(self, run_id: str) -> StepEvent | None:
-        progress = self._progress.get(run_id)
-        return progress.step if progress else None
+        """The latest step of a job training in this process; None for child-process jobs,
+        whose progress is read from the store's steps instead."""
+        return self._progress.get(run_id)
 
     def active(self) -> list[str]:
         with self._lock:
@@ -217,7 +209,6 @@ class JobQueue:
                     continue
                 self._pending.remove(run_id)
                 cancel = self._cancel[run_id]
-                self._progress[run_id] = Progress(started=time.time())
             try:
                 if self._context is not None:
                     self._run_in_child(run_id, config, cancel)
@@ -249,7 +240,7 @@ class JobQueue:
             )
 
     def _record(self, run_id: str, event: StepEvent) -> None:
-        self._progress[run_id].step = event
+        self._progress[run_id] = event
 
     def _cleanup(self, run_id: str) -> None:
         self._cancel.pop(run_id, None)

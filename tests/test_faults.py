@@ -48,7 +48,8 @@ data = synthetic_mnist()
 queue = JobQueue(RunStore(sys.argv[1]), lambda: data, Limits(max_concurrent=1))
 queue.submit(TrainConfig(**{SHORT.to_dict()!r}), "alice")
 queue.submit(TrainConfig(**{LONG.to_dict()!r}), "alice")
-time.sleep(600)
+while True:  # until the test kills this process
+    time.sleep(1)
 """
 
 
