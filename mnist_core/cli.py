@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -80,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mnist_core.data import load_mnist
-    from mnist_core.jobs import execute, recover_interrupted, run_id_for
+    from mnist_core.jobs import TERMINAL_REUSABLE, execute, prepare_run, recover_interrupted, run_id_for
     from mnist_core.runs import RunStore
 
     config = config_from_args(args)
@@ -89,19 +88,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     recover_interrupted(store)
     run_id = run_id_for(config)
     record = store.get_run(run_id)
-    if record is not None and record.status in ("finished", "diverged"):
+    if record is not None and record.status in TERMINAL_REUSABLE:
         print(f"cached: identical configuration already trained as run {run_id} ({record.status})")
         print_run(record)
         return 0
-    if record is not None and record.status in ("queued", "running"):
+    if record is not None and record.active:
         print(f"run {run_id} is being trained by another process; see `python -m mnist_core runs`")
         return 1
     data = load_mnist(progress=download_progress)
-    if record is None:
-        store.create_run(run_id, config.to_dict())
-    else:
-        store.reset_run(run_id, config.to_dict())
-    store.update_run(run_id, summary={"pid": os.getpid()})
+    prepare_run(store, run_id, config)
     print(f"run {run_id}: {config.model}, {config.epochs} epoch(s), batch {config.batch_size}, {config.optimizer} lr {config.lr:g}")
     bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 

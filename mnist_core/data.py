@@ -8,7 +8,6 @@ instead of a silent partial load.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import os
 import struct

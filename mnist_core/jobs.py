@@ -93,6 +93,16 @@ def execute(
     return status
 
 
+def prepare_run(store: RunStore, run_id: str, config: TrainConfig) -> None:
+    """Make the stored run of `config` fresh, queued and owned by this process: created, or
+    reset after an earlier cancelled, interrupted or failed attempt."""
+    if store.get_run(run_id) is None:
+        store.create_run(run_id, config.to_dict())
+    else:
+        store.reset_run(run_id, config.to_dict())
+    store.update_run(run_id, summary={"pid": os.getpid()})
+
+
 @dataclass
 class Submission:
     run_id: str
@@ -140,17 +150,15 @@ class JobQueue:
             if record is not None and run_id in self._cancel:  # queued or running here
                 self._owners.setdefault(run_id, set()).add(session_id)
                 return Submission(run_id, "joined")
+            if record is not None and record.active:  # being trained by another live process (a CLI)
+                return Submission(run_id, "joined")
             mine = sum(1 for rid in self._pending if session_id in self._owners.get(rid, set()))
             if mine >= self.limits.max_queued_per_session:
                 raise ConfigError(
                     "queue", f"you already have {mine} runs waiting (limit {self.limits.max_queued_per_session}); "
                     "wait for one to start or stop one"
                 )
-            if record is None:
-                self.store.create_run(run_id, config.to_dict())
-            else:  # cancelled, interrupted or failed earlier: train it afresh
-                self.store.reset_run(run_id, config.to_dict())
-            self.store.update_run(run_id, summary={"pid": os.getpid()})
+            prepare_run(self.store, run_id, config)
             self._owners[run_id] = {session_id}
             self._cancel[run_id] = self._context.Event() if self._context else threading.Event()
             self._pending.append(run_id)
@@ -269,8 +277,11 @@ def recover_interrupted(store: RunStore) -> int:
         pid = record.summary.get("pid") if record.summary else None
         if pid and pid != os.getpid() and pid_alive(pid):
             continue
-        store.set_status(record.id, "interrupted", "The server stopped before this run finished; launch it again.")
-        count += 1
+        # Compare-and-set: a run that ended between the listing and now keeps its outcome.
+        count += store.transition(
+            record.id, "interrupted", "The server stopped before this run finished; launch it again.",
+            only_from=ACTIVE,
+        )
     return count
 
 

@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # torch is imported on first tensor use, so listing runs (a C
 STATUSES = ("queued", "running", "finished", "diverged", "cancelled", "interrupted", "failed")
 ACTIVE = ("queued", "running")
 TERMINAL = tuple(s for s in STATUSES if s not in ACTIVE)
-INTERRUPTED_MESSAGE = "the server stopped before this run finished"
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 10.0
@@ -420,17 +419,6 @@ class RunStore:
         with self._write() as conn:
             self._require_inactive(run_id, "delete", conn)
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # steps and epochs cascade
-
-    def mark_interrupted(self) -> int:
-        """At process start: runs left queued or running by a previous process will never
-        finish; mark them interrupted so they can be retrained. Returns how many."""
-        with self._write() as conn:
-            cursor = conn.execute(
-                "UPDATE runs SET status = 'interrupted', message = ?, finished = ? "
-                "WHERE status IN ('queued', 'running')",
-                (INTERRUPTED_MESSAGE, time.time()),
-            )
-            return cursor.rowcount
 
     # -- metrics ------------------------------------------------------------------------------
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import uuid
 
+import numpy as np
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from mnist_core.config import ConfigError, Limits
+from mnist_core.baselines import mean_images
+from mnist_core.config import Limits
 from mnist_core.data import DataError, Mnist, default_cache_dir, install_files, load_mnist
 from mnist_core.device import describe_device
 from mnist_core.glossary import explain
@@ -50,6 +52,12 @@ def load_data() -> Mnist | None:
         return load_mnist(allow_download=False)
     except DataError:
         return None
+
+
+@st.cache_data(show_spinner="Averaging the training images…")
+def digit_means(_data: Mnist, source: str) -> np.ndarray:
+    """The ten mean images, 10x28x28 in [0, 1], once per data source (`_data` is not hashed)."""
+    return mean_images(_data.train_images, _data.train_labels).numpy()
 
 
 def session_id() -> str:
@@ -119,10 +127,6 @@ def require_finished_runs(no_runs_hint: str) -> list[RunRecord]:
 
 def help_text(term: str) -> str:
     return explain(term)
-
-
-def show_config_error(err: ConfigError) -> None:
-    st.error(f"Invalid setting — {err}")
 
 
 # Last, so a session importing this module concurrently never sees it half-defined.

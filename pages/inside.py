@@ -1,6 +1,6 @@
 """Inside the network: what a trained model looks at, layer by layer and pixel by pixel."""
 
-from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
+from pages.common import digit_means, get_store, help_text, load_data, require_data, require_finished_runs
 
 import numpy as np
 import plotly.graph_objects as go
@@ -8,7 +8,6 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from mnist_core import insight
-from mnist_core.baselines import mean_images
 from mnist_core.data import normalise
 from mnist_core.models import Classifier
 from mnist_core.predict import enlarge, load_run_model, run_label
@@ -39,14 +38,6 @@ def cached_model(run_id: str, finished: float | None) -> Classifier:
     """One copy per run for all sessions (read-only, eval mode); the finish time in the key makes
     a retrained run load afresh."""
     return load_run_model(get_store(), run_id)
-
-
-@st.cache_data(show_spinner="Averaging the training images…")
-def cached_mean_images(source: str) -> np.ndarray:
-    """The ten mean digits of the training set, once per data source."""
-    data = load_data()
-    assert data is not None, "require_data() ran first"
-    return mean_images(data.train_images, data.train_labels).numpy()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -217,7 +208,7 @@ with tabs[0]:
         )
         if insight.is_linear_model(model):
             st.markdown("**Mean image of each digit** (the baseline's templates)")
-            st.plotly_chart(mosaic_figure(cached_mean_images(data.source), 10, signed=False, what="digit",
+            st.plotly_chart(mosaic_figure(digit_means(data, data.source), 10, signed=False, what="digit",
                                           scale_each=False, tick_labels=True), key="inside_means")
             st.markdown("**Learned weights of each digit** (red: ink here raises the score, blue: lowers it)")
             st.plotly_chart(mosaic_figure(insight.linear_templates(model), 10, signed=True, what="digit",

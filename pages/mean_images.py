@@ -1,6 +1,6 @@
 """Mean images: the average of each digit, and the no-training baseline every model must beat."""
 
-from pages.common import help_text, require_data
+from pages.common import digit_means, help_text, require_data
 
 import numpy as np
 import plotly.express as px
@@ -9,7 +9,6 @@ import torch
 
 from mnist_core.baselines import (
     difference_image,
-    mean_images,
     nearest_mean_baseline,
     pair_similarity,
 )
@@ -18,12 +17,6 @@ from mnist_core.explore import top_confusions
 
 DIGITS = list(range(10))
 METRIC_NAMES = {"l2": "L2 (Euclidean)", "l1": "L1 (sum of absolute differences)"}
-
-
-@st.cache_data(show_spinner="Averaging the training images…")
-def digit_means(_data: Mnist, source: str) -> np.ndarray:
-    """The ten mean images, 10x28x28 in [0, 1]; `source` keys the cache (`_data` is not hashed)."""
-    return mean_images(_data.train_images, _data.train_labels).numpy()
 
 
 @st.cache_data(show_spinner="Scoring the nearest-mean baseline on the test set…")

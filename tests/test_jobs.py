@@ -76,6 +76,16 @@ def test_a_diverging_run_ends_as_diverged_and_the_worker_goes_on(queue, store):
     assert wait_for(store, good.run_id).status == "finished"
 
 
+def test_a_run_active_in_another_live_process_is_joined_not_reset(queue, store):
+    config = TrainConfig(model="linear", seed=21)
+    run_id = run_id_for(config)
+    store.create_run(run_id, config.to_dict())
+    store.set_status(run_id, "running")
+    store.update_run(run_id, summary={"pid": os.getppid()})  # a live process owns it
+    assert queue.submit(config, "alice").outcome == "joined"
+    assert store.get_run(run_id).status == "running" and not queue.is_active(run_id)
+
+
 def test_per_session_queue_limit(store):
     queue = JobQueue(store, lambda: DATA, Limits(max_concurrent=1, max_queued_per_session=1))
     try:
@@ -125,6 +135,7 @@ def test_real_linear_run_beats_90_percent_and_is_reused(mnist, store):
     store.create_run(run_id, config.to_dict())
     assert execute(store, run_id, config, mnist) == "finished"
     record = store.get_run(run_id)
+    steps = store.steps(run_id)
     assert record.test_accuracy > 0.90
     model = load_run_model(store, run_id)
     assert sum(p.numel() for p in model.parameters()) == 7850
@@ -135,7 +146,7 @@ def test_real_linear_run_beats_90_percent_and_is_reused(mnist, store):
         capture_output=True, text=True, cwd=ROOT, check=True,
     ).stdout
     assert f"cached: identical configuration already trained as run {run_id}" in out
-    assert len(store.steps(run_id)) == len(store.steps(run_id))  # untouched
+    assert store.steps(run_id) == steps  # not trained again
     assert store.get_run(run_id).finished == record.finished
 
 

@@ -286,18 +286,6 @@ def test_reset_run_clears_metrics_weights_and_results(store: RunStore) -> None:
         store.reset_run("nope", CONFIG)
 
 
-def test_mark_interrupted(store: RunStore) -> None:
-    for run_id, status in [("q", "queued"), ("r", "running"), ("f", "finished"), ("c", "cancelled")]:
-        store.create_run(run_id, CONFIG, status=status)
-    assert store.mark_interrupted() == 2
-    for run_id in ("q", "r"):
-        run = store.get_run(run_id)
-        assert run.status == "interrupted" and run.finished is not None
-        assert run.message == "the server stopped before this run finished"
-    assert store.get_run("f").status == "finished" and store.get_run("c").status == "cancelled"
-    assert store.mark_interrupted() == 0
-
-
 def test_reopening_sees_everything(tmp_path: Path) -> None:
     first = RunStore(tmp_path)
     first.create_run("r1", CONFIG)
