@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix
+
+from mnist_core.evaluate import confusion_counts
 
 METRICS = ("l1", "l2")
 NUM_CLASSES = 10
@@ -151,9 +152,7 @@ def nearest_mean_baseline(
     means = mean_images(train_images, train_labels)
     predictions = nearest_mean_predict(test_images, means, metric)
     truth = test_labels.to(torch.int64)
-    confusion = confusion_matrix(
-        truth.numpy(), predictions.numpy(), labels=list(range(NUM_CLASSES))
-    ).astype(np.int64)
+    confusion = confusion_counts(truth.numpy(), predictions.numpy(), NUM_CLASSES)
     accuracy = float((predictions == truth).to(torch.float64).mean())
     return BaselineResult(metric, accuracy, confusion, predictions)
 

@@ -76,27 +76,30 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import getpass
+    import os
+
     from tqdm import tqdm
 
     from mnist_core.data import load_mnist
-    from mnist_core.jobs import TERMINAL_REUSABLE, execute, prepare_run, recover_interrupted, run_id_for
-    from mnist_core.runs import RunStore
+    from mnist_core.jobs import HOST, current, execute, run_id_for, submit
+    from mnist_core.runs import REUSABLE, RunStore
 
     config = config_from_args(args)
-    Limits.from_env().check(config)
     store = RunStore(args.runs_dir)
-    recover_interrupted(store)
-    run_id = run_id_for(config)
+    known = current(store, run_id_for(config))
+    # Data first (unless the run is cached): a claimed run must never wait on a missing file.
+    data = None if known and known.status in REUSABLE else load_mnist(progress=download_progress)
+    submission = submit(store, config, f"{getpass.getuser()} (command line)", Limits.from_env(), worker=(os.getpid(), HOST))
+    run_id = submission.run_id
     record = store.get_run(run_id)
-    if record is not None and record.status in TERMINAL_REUSABLE:
+    if submission.outcome == "cached":
         print(f"cached: identical configuration already trained as run {run_id} ({record.status})")
         print_run(record)
         return 0
-    if record is not None and record.active:
+    if submission.outcome == "joined" or data is None:
         print(f"run {run_id} is being trained by another process; see `python -m mnist_core runs`")
         return 1
-    data = load_mnist(progress=download_progress)
-    prepare_run(store, run_id, config)
     print(f"run {run_id}: {config.model}, {config.epochs} epoch(s), batch {config.batch_size}, {config.optimizer} lr {config.lr:g}")
     bar = tqdm(total=1000, unit="‰", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
 
@@ -112,12 +115,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         status = execute(store, run_id, config, data, on_step=on_step, on_epoch=on_epoch)
     except KeyboardInterrupt:
-        store.set_status(run_id, "cancelled", "Stopped from the keyboard.")
+        store.transition(run_id, "cancelled", "Stopped from the keyboard.", only_from=["running"])
         raise
     finally:
         bar.close()
-    record = store.get_run(run_id)
-    print_run(record)
+    print_run(store.get_run(run_id))
     return 0 if status == "finished" else 1
 
 
@@ -128,11 +130,11 @@ def print_run(record) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from mnist_core.jobs import recover_interrupted
+    from mnist_core.jobs import recover
     from mnist_core.runs import RunStore
 
     store = RunStore(args.runs_dir)
-    recover_interrupted(store)  # runs of processes that died show as interrupted, not running
+    recover(store)  # runs of processes that died show as interrupted, not running
     records = store.list_runs()
     if not records:
         print("no runs stored yet; train one with `python -m mnist_core train`")

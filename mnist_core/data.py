@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,8 @@ class Mnist:
     test_labels: torch.Tensor  # int64, 10000
     source: str  # human-readable origin, e.g. "MNIST_DATA_DIR=/path"
     folder: Path
+    # (train, test) already normalised, Nx1x28x28 float32, when a warm worker mapped a shared copy.
+    normalised: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 def parse_idx(raw: bytes, name: str = "IDX file") -> np.ndarray:

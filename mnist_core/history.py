@@ -20,7 +20,6 @@ from mnist_core.config import TrainConfig
 if TYPE_CHECKING:
     from mnist_core.config import Limits
     from mnist_core.runs import RunRecord, RunStore
-    from mnist_core.train import StepEvent
 
 # Every setting, in TrainConfig's order ("extra" is reserved and always empty).
 CONFIG_COLUMNS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
@@ -34,7 +33,6 @@ HYPERPARAMETERS = (
     "duration_s", "parameters", "images_per_s",
 )
 SPLITS = ("train", "val", "test")
-MNIST_TRAIN_SIZE = 60_000
 
 
 def smooth(values: Iterable[float | None], alpha: float = 0.1) -> np.ndarray:
@@ -129,7 +127,7 @@ def epoch_frame(rows: Sequence[dict]) -> pd.DataFrame:
 
 def step_frame(rows: Sequence[dict], alpha: float = 0.1) -> pd.DataFrame:
     """Per-step metrics with EMA-smoothed loss and accuracy next to the raw values."""
-    frame = pd.DataFrame(list(rows), columns=["step", "epoch", "loss", "accuracy", "lr", "images_per_s", "elapsed"])
+    frame = pd.DataFrame(list(rows), columns=["step", "epoch", "loss", "accuracy", "lr", "images_per_s", "elapsed", "total"])
     frame = frame.astype({"loss": float, "accuracy": float, "lr": float, "images_per_s": float, "elapsed": float})
     frame["loss_smooth"] = smooth(frame["loss"], alpha)
     frame["accuracy_smooth"] = smooth(frame["accuracy"], alpha)
@@ -174,17 +172,19 @@ def settings_for_form(config: dict, limits: Limits, devices: Sequence[str]) -> d
 
 @dataclass(frozen=True)
 class LiveProgress:
-    """How far a running job is, from the queue's live event or from the stored steps."""
+    """How far a running job is, from its latest stored step."""
 
     fraction: float  # 0..1 of all steps
     step: int
+    total: int | None
     epoch: int
     epochs: int
     eta_s: float | None
     images_per_s: float | None
 
     def text(self) -> str:
-        parts = [f"{self.fraction:.0%}", f"epoch {self.epoch} of {self.epochs}", f"step {self.step:,}"]
+        parts = [f"{self.fraction:.0%}", f"epoch {self.epoch} of {self.epochs}"]
+        parts.append(f"step {self.step:,} of {self.total:,}" if self.total else f"step {self.step:,}")
         if self.eta_s is not None:
             parts.append(f"about {format_duration(self.eta_s)} left")
         if self.images_per_s:
@@ -192,29 +192,14 @@ class LiveProgress:
         return " · ".join(parts)
 
 
-def progress_from_event(event: StepEvent, epochs: int) -> LiveProgress:
+def progress_from_step(row: dict, epochs: int) -> LiveProgress:
+    """Progress from the latest stored step, which carries the run's total number of steps."""
+    step, total, elapsed = int(row["step"]), row.get("total"), row.get("elapsed")
+    total = int(total) if total else None
+    eta = elapsed / step * max(total - step, 0) if total and elapsed is not None and step > 0 else None
     return LiveProgress(
-        fraction=min(max(event.progress, 0.0), 1.0), step=event.step, epoch=event.epoch, epochs=epochs,
-        eta_s=event.eta_s, images_per_s=event.images_per_s,
-    )
-
-
-def steps_per_epoch(config: dict, train_size: int = MNIST_TRAIN_SIZE) -> int:
-    """Batches per epoch, computed as the trainer splits the data (validation rounded)."""
-    n_train = train_size - int(round(train_size * config["val_split"]))
-    return max(1, math.ceil(n_train / config["batch_size"]))
-
-
-def progress_from_step(row: dict, config: dict, train_size: int = MNIST_TRAIN_SIZE) -> LiveProgress:
-    """Progress from the latest stored step: for runs trained by another process (the CLI),
-    whose live events this server never sees."""
-    total = steps_per_epoch(config, train_size) * config["epochs"]
-    step = int(row["step"])
-    elapsed = row.get("elapsed")
-    eta = elapsed / step * max(total - step, 0) if elapsed is not None and step > 0 else None
-    return LiveProgress(
-        fraction=min(step / total, 1.0), step=step, epoch=int(row["epoch"]), epochs=config["epochs"],
-        eta_s=eta, images_per_s=row.get("images_per_s"),
+        fraction=min(step / total, 1.0) if total else 0.0, step=step, total=total, epoch=int(row["epoch"]),
+        epochs=epochs, eta_s=eta, images_per_s=row.get("images_per_s"),
     )
 
 

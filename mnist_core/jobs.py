@@ -1,26 +1,30 @@
-"""Background training: a bounded job queue shared by every browser session of one server.
+"""A run's life, in one place: submitted, claimed, trained, recorded, stopped, recovered.
 
-Training never runs inside a page's script run: a worker thread owns it, writes every event to
-the run store, and keeps going when the browser tab closes. Pages only submit, poll and cancel.
+The waiting line is the run store itself (queued rows, claimed by compare-and-set), so every
+server process that shares one store sees one queue and no run is ever trained twice. Training
+never runs inside the web server: warm worker processes (mnist_core.workers) claim queued runs
+and call `execute`, which is also what the CLI calls, so every run fills the store the same way.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import queue
-import threading
+import socket
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from mnist_core.config import ConfigError, Limits, TrainConfig
-from mnist_core.data import DataError, Mnist, load_mnist
-from mnist_core.evaluate import evaluate
-from mnist_core.runs import ACTIVE, RunStore
-from mnist_core.train import EpochEvent, StepEvent, train
+from mnist_core.data import Mnist
+from mnist_core.runs import ACTIVE, QueueFull, RunRecord, RunStore
+from mnist_core.train import EpochEvent, StepEvent, TrainResult
 
-TERMINAL_REUSABLE = ("finished", "diverged")  # outcomes that identical configs simply reuse
+HOST = socket.gethostname()
+INTERRUPTED = "The server stopped before this run finished; launch it again."
+STOP_CHECK_S = 0.25  # how often a trainer looks at the store for a stop request
+
+TrainFunction = Callable[..., TrainResult]
 
 
 def run_id_for(config: TrainConfig) -> str:
@@ -28,28 +32,85 @@ def run_id_for(config: TrainConfig) -> str:
     return f"{config.model}-{config.config_hash()}"
 
 
+@dataclass
+class Submission:
+    run_id: str
+    outcome: str  # "cached" (already trained), "joined" (same config already queued/running), "queued"
+
+
+def submit(
+    store: RunStore, config: TrainConfig, owner: str, limits: Limits, worker: tuple[int, str] | None = None
+) -> Submission:
+    """Ask for `config` to be trained; raises ConfigError past this deployment's limits.
+
+    A run left active by a dead process is recovered first, so it is trained again rather
+    than joined. With `worker` the caller trains it itself (the CLI), else a worker claims it.
+    """
+    limits.check(config)
+    run_id = run_id_for(config)
+    recover(store, run_id)
+    try:
+        outcome = store.enqueue(run_id, config.to_dict(), owner, limits.max_queued_per_session, worker)
+    except QueueFull as err:
+        raise ConfigError("queue", str(err)) from None
+    return Submission(run_id, outcome)
+
+
+class StopSignal:
+    """What a trainer polls between batches (`is_set`, as a threading.Event): a stop request in
+    the store, from any server, or the end of the process that started this worker. Reads the
+    store at most every STOP_CHECK_S, so a fast model is not slowed by it."""
+
+    def __init__(self, store: RunStore, run_id: str, parent_pid: int | None = None):
+        self.store, self.run_id, self.parent_pid = store, run_id, parent_pid
+        self.reason: str | None = None  # "requested" or "shutdown" once set
+        self._next_check = 0.0
+
+    def is_set(self) -> bool:
+        if self.reason is None and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + STOP_CHECK_S
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                self.reason = "shutdown"
+            elif self.store.stop_requested(self.run_id):
+                self.reason = "requested"
+        return self.reason is not None
+
+    def shutdown(self) -> None:
+        self.reason = "shutdown"
+
+
 def execute(
     store: RunStore,
     run_id: str,
     config: TrainConfig,
     data: Mnist,
-    cancel: threading.Event | None = None,
+    cancel: StopSignal | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
     on_epoch: Callable[[EpochEvent], None] | None = None,
+    train_function: TrainFunction | None = None,
 ) -> str:
-    """Train one stored run to its end, recording everything; returns the final status.
+    """Train one run to its end, recording everything; returns the final status.
 
-    Used by the queue's workers and by the CLI, so both fill the store the same way.
+    The run is either claimed already (a worker's claim_next, the CLI's submit) or still queued,
+    and then claimed here by this process. Every step report is stored with its place in the
+    whole run (`total`), so a page shows progress from one row. Any crash ends the run as
+    failed, with the reason, and returns.
     """
-    if not store.transition(run_id, "running", only_from=["queued"]):
+    from mnist_core.evaluate import evaluate
+    from mnist_core.train import train
+
+    record = store.get_run(run_id)
+    if record is not None and record.status == "queued":
+        store.claim(run_id, os.getpid(), HOST)  # unless stopped or claimed elsewhere meanwhile
         record = store.get_run(run_id)
-        return record.status if record else "failed"  # cancelled meanwhile, or claimed elsewhere
-    store.update_run(run_id, summary={"pid": os.getpid()})
+    if record is None or record.status != "running":
+        return record.status if record else "failed"
+    cancel = cancel or StopSignal(store, run_id)
 
     def step(event: StepEvent) -> None:
         store.add_steps(run_id, [{
             "step": event.step, "epoch": event.epoch, "loss": event.loss, "accuracy": event.accuracy,
-            "lr": event.lr, "images_per_s": event.images_per_s, "elapsed": event.elapsed,
+            "lr": event.lr, "images_per_s": event.images_per_s, "elapsed": event.elapsed, "total": event.total,
         }])
         if on_step:
             on_step(event)
@@ -65,224 +126,30 @@ def execute(
             on_epoch(event)
 
     try:
-        result = train(config, data, on_step=step, on_epoch=epoch, cancel=cancel)
-    except Exception as err:  # any crash ends the run as failed; the worker goes on
-        store.update_run(run_id, summary={"traceback": traceback.format_exc(limit=5)})
+        result = (train_function or train)(config, data, on_step=step, on_epoch=epoch, cancel=cancel)
+        summary: dict = {"images_per_s": result.images_per_s, "steps": result.steps_done, "bf16": result.mixed_precision}
+        fields: dict = {"device": result.device, "duration_s": result.elapsed}
+        if result.status == "finished" and result.epochs_done > 0:
+            evaluation = evaluate(result.model, data.test_images, data.test_labels)
+            store.save_weights(run_id, result.model.state_dict())
+            store.save_tensors(run_id, "evaluation", evaluation.tensors())
+            summary.update(
+                precision=evaluation.precision.tolist(), recall=evaluation.recall.tolist(),
+                f1=evaluation.f1.tolist(), parameters=sum(p.numel() for p in result.model.parameters()),
+            )
+            fields.update(test_accuracy=evaluation.accuracy, test_loss=evaluation.loss)
+        store.update_run(run_id, summary=summary, **fields)
+    except Exception as err:
+        store.update_run(run_id, summary={"traceback": traceback.format_exc(limit=5)})  # for the operator
         store.transition(run_id, "failed", f"{type(err).__name__}: {err}", only_from=["running"])
         return "failed"
-    summary: dict = {
-        "images_per_s": result.images_per_s, "steps": result.steps_done, "bf16": result.mixed_precision,
-        "pid": os.getpid(),
-    }
-    if result.status == "finished" and result.epochs_done > 0:
-        evaluation = evaluate(result.model, data.test_images, data.test_labels)
-        store.save_weights(run_id, result.model.state_dict())
-        store.save_tensors(run_id, "evaluation", evaluation.tensors())
-        summary.update(
-            precision=evaluation.precision.tolist(), recall=evaluation.recall.tolist(),
-            f1=evaluation.f1.tolist(), parameters=sum(p.numel() for p in result.model.parameters()),
-        )
-        store.update_run(
-            run_id, device=result.device, test_accuracy=evaluation.accuracy, test_loss=evaluation.loss,
-            duration_s=result.elapsed, summary=summary,
-        )
-    else:
-        store.update_run(run_id, device=result.device, duration_s=result.elapsed, summary=summary)
-    status = result.status if result.epochs_done > 0 or result.status != "finished" else "cancelled"
-    store.transition(run_id, status, result.message, only_from=["running"])
+    status, message = result.status, result.message
+    if status == "cancelled" and cancel.reason == "shutdown":
+        status, message = "interrupted", INTERRUPTED
+    elif status == "finished" and result.epochs_done == 0:
+        status = "cancelled"
+    store.transition(run_id, status, message, only_from=["running"])
     return status
-
-
-def prepare_run(store: RunStore, run_id: str, config: TrainConfig) -> None:
-    """Make the stored run of `config` fresh, queued and owned by this process: created, or
-    reset after an earlier cancelled, interrupted or failed attempt."""
-    if store.get_run(run_id) is None:
-        store.create_run(run_id, config.to_dict())
-    else:
-        store.reset_run(run_id, config.to_dict())
-    store.update_run(run_id, summary={"pid": os.getpid()})
-
-
-@dataclass
-class Submission:
-    run_id: str
-    outcome: str  # "cached" (already trained), "joined" (same config already queued/running), "queued"
-
-
-class JobQueue:
-    """A FIFO of training jobs run by `limits.max_concurrent` workers.
-
-    With `load_data=None` (the dashboard) every job trains in a child process that loads MNIST
-    itself: a web server busy drawing pages for many visitors holds Python's GIL most of the
-    time, and a training thread inside it would crawl. Given a loader (tests, synthetic data),
-    jobs train in the worker thread on that data.
-    """
-
-    def __init__(self, store: RunStore, load_data: Callable[[], Mnist] | None = None, limits: Limits | None = None):
-        self.store = store
-        self.load_data = load_data
-        self.limits = limits or Limits.from_env()
-        self._context = None if load_data is not None else multiprocessing.get_context("forkserver")
-        if self._context is not None:
-            self._context.set_forkserver_preload(["mnist_core.jobs"])  # torch imported once, not per job
-        self._queue: queue.Queue[tuple[str, TrainConfig] | None] = queue.Queue()
-        self._lock = threading.Lock()
-        self._pending: list[str] = []  # queued run ids in order
-        self._owners: dict[str, set[str]] = {}  # run id -> session ids that asked for it
-        self._cancel: dict[str, threading.Event] = {}
-        self._progress: dict[str, StepEvent] = {}  # latest live event of in-thread jobs
-        recover_interrupted(store)
-        self._workers = [
-            threading.Thread(target=self._work, name=f"mnist-trainer-{i}", daemon=True)
-            for i in range(self.limits.max_concurrent)
-        ]
-        for worker in self._workers:
-            worker.start()
-
-    def submit(self, config: TrainConfig, session_id: str = "cli") -> Submission:
-        """Queue `config` unless an identical run exists; raises ConfigError past the limits."""
-        self.limits.check(config)
-        run_id = run_id_for(config)
-        with self._lock:
-            record = self.store.get_run(run_id)
-            if record is not None and record.status in TERMINAL_REUSABLE:
-                return Submission(run_id, "cached")
-            if record is not None and run_id in self._cancel:  # queued or running here
-                self._owners.setdefault(run_id, set()).add(session_id)
-                return Submission(run_id, "joined")
-            if record is not None and record.active:  # being trained by another live process (a CLI)
-                return Submission(run_id, "joined")
-            mine = sum(1 for rid in self._pending if session_id in self._owners.get(rid, set()))
-            if mine >= self.limits.max_queued_per_session:
-                raise ConfigError(
-                    "queue", f"you already have {mine} runs waiting (limit {self.limits.max_queued_per_session}); "
-                    "wait for one to start or stop one"
-                )
-            prepare_run(self.store, run_id, config)
-            self._owners[run_id] = {session_id}
-            self._cancel[run_id] = self._context.Event() if self._context else threading.Event()
-            self._pending.append(run_id)
-            self._queue.put((run_id, config))
-        return Submission(run_id, "queued")
-
-    def cancel(self, run_id: str) -> bool:
-        """Ask a queued or running job to stop; False when it is not active here."""
-        with self._lock:
-            event = self._cancel.get(run_id)
-            if event is None:
-                return False
-            event.set()
-            if run_id in self._pending:  # never started: end it now
-                self._pending.remove(run_id)
-                self.store.transition(run_id, "cancelled", "Stopped before it started.", only_from=["queued"])
-        return True
-
-    def position(self, run_id: str) -> int | None:
-        """1-based place in the waiting line, or None when not waiting."""
-        with self._lock:
-            return self._pending.index(run_id) + 1 if run_id in self._pending else None
-
-    def progress(self, run_id: str) -> StepEvent | None:
-        """The latest step of a job training in this process; None for child-process jobs,
-        whose progress is read from the store's steps instead."""
-        return self._progress.get(run_id)
-
-    def active(self) -> list[str]:
-        with self._lock:
-            return list(self._cancel)
-
-    def is_active(self, run_id: str) -> bool:
-        with self._lock:
-            return run_id in self._cancel
-
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel everything and stop the workers (tests and process exit)."""
-        with self._lock:
-            for event in self._cancel.values():
-                event.set()
-        for _ in self._workers:
-            self._queue.put(None)
-        for worker in self._workers:
-            worker.join(timeout)
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            run_id, config = item
-            with self._lock:
-                if run_id not in self._pending:  # cancelled while waiting
-                    self._cleanup(run_id)
-                    continue
-                self._pending.remove(run_id)
-                cancel = self._cancel[run_id]
-            try:
-                if self._context is not None:
-                    self._run_in_child(run_id, config, cancel)
-                else:
-                    execute(self.store, run_id, config, self.load_data(), cancel,
-                            on_step=lambda event, rid=run_id: self._record(rid, event))
-            except Exception as err:  # data missing or store failure: end this job, keep serving
-                self.store.transition(run_id, "failed", f"{type(err).__name__}: {err}", only_from=["queued", "running"])
-            finally:
-                with self._lock:
-                    self._cleanup(run_id)
-
-    def _run_in_child(self, run_id: str, config: TrainConfig, cancel) -> None:
-        """Train in a child process and wait for it; a child that dies marks its run failed.
-
-        The child is a daemon: a server that shuts down ends it (its run is then recovered as
-        interrupted at the next start), while one killed outright leaves it to finish its run.
-        """
-        process = self._context.Process(
-            target=train_in_child, args=(str(self.store.root), run_id, config.to_dict(), cancel),
-            name=f"mnist-train-{run_id}", daemon=True,
-        )
-        process.start()
-        process.join()
-        if process.exitcode != 0:
-            self.store.transition(
-                run_id, "failed", f"The training process ended unexpectedly (exit code {process.exitcode}).",
-                only_from=["queued", "running"],
-            )
-
-    def _record(self, run_id: str, event: StepEvent) -> None:
-        self._progress[run_id] = event
-
-    def _cleanup(self, run_id: str) -> None:
-        self._cancel.pop(run_id, None)
-        self._owners.pop(run_id, None)
-        self._progress.pop(run_id, None)
-
-
-def train_in_child(store_root: str, run_id: str, config: dict, cancel) -> None:
-    """Entry point of a training process: load MNIST and the store, then `execute`."""
-    store = RunStore(store_root)
-    try:
-        data = load_mnist(allow_download=False)
-    except DataError as err:
-        store.transition(run_id, "failed", str(err), only_from=["queued", "running"])
-        return
-    execute(store, run_id, TrainConfig.from_dict(config), data, cancel)
-
-
-def recover_interrupted(store: RunStore) -> int:
-    """Mark runs left queued/running by a process that no longer exists as interrupted.
-
-    A run owned by a live process (say a CLI training beside the dashboard) is left alone.
-    """
-    count = 0
-    for record in store.list_runs(ACTIVE):
-        pid = record.summary.get("pid") if record.summary else None
-        if pid and pid != os.getpid() and pid_alive(pid):
-            continue
-        # Compare-and-set: a run that ended between the listing and now keeps its outcome.
-        count += store.transition(
-            record.id, "interrupted", "The server stopped before this run finished; launch it again.",
-            only_from=ACTIVE,
-        )
-    return count
 
 
 def pid_alive(pid: int) -> bool:
@@ -293,3 +160,133 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def is_orphaned(record: RunRecord) -> bool:
+    """Running, claimed by a process on this machine that no longer exists. (Runs claimed on
+    another host are judged there; queued runs belong to no process and wait for any worker.)"""
+    return (
+        record.status == "running" and record.worker_host == HOST
+        and record.worker_pid is not None and not pid_alive(record.worker_pid)
+    )
+
+
+def recover(store: RunStore, run_id: str | None = None, message: str = INTERRUPTED) -> int:
+    """Mark runs whose training process died as interrupted: one run, or every active run.
+
+    Called whenever a run is read for display, joined or listed, not only at start-up, so a
+    replica killed outright never leaves a run that newcomers watch forever.
+    """
+    if run_id is None:
+        records = store.list_runs(ACTIVE)
+    else:
+        record = store.get_run(run_id)
+        records = [record] if record is not None else []
+    count = 0
+    for record in records:
+        if is_orphaned(record):
+            # Compare-and-set on the same owner: a run that ended or was claimed again meanwhile keeps that.
+            count += store.transition(record.id, "interrupted", message, only_from=["running"])
+    return count
+
+
+def current(store: RunStore, run_id: str) -> RunRecord | None:
+    """A run as it stands, its training process checked: what every page should read."""
+    recover(store, run_id)
+    return store.get_run(run_id)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queued run's place in the line and when it should start."""
+
+    run_id: str
+    owner: str
+    position: int  # 1 = next
+    start_in_s: float | None  # None when no throughput has been measured yet
+
+
+class JobQueue:
+    """The dashboard's handle on training: submit, stop, waiting line, and warm workers.
+
+    `data` and `train` name the worker's data loader and train function as "module:function",
+    so tests inject synthetic data or a failing trainer and still go through the same worker
+    processes that production uses.
+    """
+
+    def __init__(self, store: RunStore, limits: Limits | None = None, data: str | None = None,
+                 train: str | None = None, workers: int | None = None):
+        from mnist_core.workers import WorkerPool
+
+        self.store = store
+        self.limits = limits or Limits.from_env()
+        recover(store)
+        self.pool = WorkerPool(store.root, workers or self.limits.max_concurrent, data=data, train=train)
+
+    def submit(self, config: TrainConfig, owner: str = "cli") -> Submission:
+        submission = submit(self.store, config, owner, self.limits)
+        if submission.outcome == "queued":
+            self.pool.wake()
+        return submission
+
+    def cancel(self, run_id: str) -> bool:
+        """Stop a queued or running run, whichever process trains it; False when it had ended."""
+        return self.store.request_stop(run_id)
+
+    def waiting(self) -> list[Waiting]:
+        return waiting_line(self.store, self.limits.max_concurrent)
+
+    def position(self, run_id: str) -> int | None:
+        """1-based place in the waiting line, or None when not waiting."""
+        return next((w.position for w in self.waiting() if w.run_id == run_id), None)
+
+    def is_active(self, run_id: str) -> bool:
+        record = current(self.store, run_id)
+        return record is not None and record.active
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the workers (tests and process exit); a run in training ends as interrupted."""
+        self.pool.shutdown(timeout)
+
+
+def waiting_line(store: RunStore, trainers: int = 1) -> list[Waiting]:
+    """Queued runs with their place and estimated start: the work left on running runs and on
+    the runs ahead, at the speed recent runs of the same model were measured to train."""
+    speeds = measured_speeds(store)
+    busy = [remaining_s(store, r, speeds) for r in store.list_runs(("running",))]
+    unknown = any(b is None for b in busy)
+    free_at = sorted([b or 0.0 for b in busy] + [0.0] * max(0, trainers - len(busy)))[:max(trainers, 1)]
+    line = []
+    for position, record in enumerate(store.waiting(), start=1):
+        start = free_at.pop(0)  # the trainer that frees up first takes the next run
+        line.append(Waiting(record.id, record.owner, position, None if unknown else start))
+        duration = planned_s(record.config, speeds)
+        unknown = unknown or duration is None
+        free_at = sorted(free_at + [start + (duration or 0.0)])
+    return line
+
+
+def measured_speeds(store: RunStore) -> dict[str, float]:
+    """Seconds per training image of each model (any batch size), from finished runs."""
+    speeds: dict[str, float] = {}
+    for record in store.list_runs(("finished",)):
+        rate = (record.summary or {}).get("images_per_s")
+        if rate and record.config.get("model") not in speeds and record.duration_s:
+            images = record.epochs_done * 60_000 * (1 - record.config.get("val_split", 0.0))
+            speeds[record.config["model"]] = record.duration_s / max(images, 1.0)  # evaluation included
+    return speeds
+
+
+def planned_s(config: dict, speeds: dict[str, float]) -> float | None:
+    per_image = speeds.get(config.get("model", ""))
+    if per_image is None:
+        return None
+    return per_image * config["epochs"] * 60_000 * (1 - config.get("val_split", 0.0))
+
+
+def remaining_s(store: RunStore, record: RunRecord, speeds: dict[str, float]) -> float | None:
+    """Seconds a running run still needs: from its own pace once it reported, else the estimate."""
+    last = store.last_step(record.id)
+    if last and last.get("total") and last["step"] > 0 and last.get("elapsed"):
+        return last["elapsed"] / last["step"] * max(last["total"] - last["step"], 0)
+    return planned_s(record.config, speeds)

@@ -30,15 +30,17 @@ if TYPE_CHECKING:  # torch is imported on first tensor use, so listing runs (a C
 STATUSES = ("queued", "running", "finished", "diverged", "cancelled", "interrupted", "failed")
 ACTIVE = ("queued", "running")
 TERMINAL = tuple(s for s in STATUSES if s not in ACTIVE)
+REUSABLE = ("finished", "diverged")  # outcomes that identical configs simply reuse
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 10.0
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 TENSOR_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 WEIGHTS = "weights"
 SUFFIX = ".safetensors"
 
-STEP_KEYS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s", "elapsed")
+# `total` is the run's planned number of steps, so a reader gets "step of total" from one row.
+STEP_KEYS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s", "elapsed", "total")
 EPOCH_KEYS = (
     "epoch",
     "train_loss",
@@ -66,9 +68,14 @@ CREATE TABLE IF NOT EXISTS runs (
     test_loss REAL,
     duration_s REAL,
     epochs_done INTEGER NOT NULL DEFAULT 0,
-    summary TEXT NOT NULL DEFAULT '{}'
+    summary TEXT NOT NULL DEFAULT '{}',
+    owner TEXT NOT NULL DEFAULT '',
+    worker_pid INTEGER,
+    worker_host TEXT NOT NULL DEFAULT '',
+    stop_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE INDEX IF NOT EXISTS runs_queue ON runs (status, created);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
@@ -79,6 +86,7 @@ CREATE TABLE IF NOT EXISTS steps (
     lr REAL,
     images_per_s REAL,
     elapsed REAL,
+    total INTEGER,
     PRIMARY KEY (run_id, step)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS epochs (
@@ -94,6 +102,16 @@ CREATE TABLE IF NOT EXISTS epochs (
     PRIMARY KEY (run_id, epoch)
 ) WITHOUT ROWID;
 """
+# Columns added by schema version 2 (added to a version-1 database when it is opened).
+ADDED_COLUMNS = {
+    "runs": {
+        "owner": "TEXT NOT NULL DEFAULT ''",
+        "worker_pid": "INTEGER",
+        "worker_host": "TEXT NOT NULL DEFAULT ''",
+        "stop_requested": "INTEGER NOT NULL DEFAULT 0",
+    },
+    "steps": {"total": "INTEGER"},
+}
 
 # Connections a forked child inherited: never used, never closed (closing could disturb the
 # parent's SQLite locks), just kept referenced so garbage collection does not close them.
@@ -102,6 +120,10 @@ _INHERITED: list[sqlite3.Connection] = []
 
 class RunStoreError(Exception):
     """A request the store cannot honour: unknown run, bad id or name, missing weights."""
+
+
+class QueueFull(RunStoreError):
+    """An owner already has as many runs waiting as a deployment allows."""
 
 
 @dataclass
@@ -121,6 +143,10 @@ class RunRecord:
     duration_s: float | None
     epochs_done: int
     summary: dict = field(default_factory=dict)
+    owner: str = ""
+    worker_pid: int | None = None  # the process training it (while running), on `worker_host`
+    worker_host: str = ""
+    stop_requested: int = 0
 
     @property
     def active(self) -> bool:
@@ -142,6 +168,12 @@ def check_tensor_name(name: object) -> str:
     if not isinstance(name, str) or not TENSOR_NAME.fullmatch(name):
         raise RunStoreError(f"invalid tensor file name {name!r}: use 1 to 64 of a-z, 0-9, '_' or '-'")
     return name
+
+
+def check_config(config: object) -> dict:
+    if not isinstance(config, dict):
+        raise RunStoreError(f"config must be a dict, got {type(config).__name__}")
+    return config
 
 
 def check_status(status: object) -> str:
@@ -271,6 +303,11 @@ class RunStore:
                     f"{self.db_path} has schema version {version}, newer than this code's "
                     f"{SCHEMA_VERSION}; update the dashboard or point MNIST_RUNS_DIR elsewhere"
                 )
+            for table, columns in ADDED_COLUMNS.items():  # a version-1 database gains them
+                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for name, declaration in columns.items():
+                    if present and name not in present:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -284,8 +321,7 @@ class RunStore:
         submit the same config at once get one run."""
         check_run_id(run_id)
         check_status(status)
-        if not isinstance(config, dict):
-            raise RunStoreError(f"config must be a dict, got {type(config).__name__}")
+        check_config(config)
         now = time.time()
         started = now if status == "running" else None
         finished = now if status in TERMINAL else None
@@ -392,24 +428,128 @@ class RunStore:
         """Queue an ended run again with `config`, from scratch: metrics, results, weights and
         other tensor files go; `created` becomes now, so it queues behind earlier submissions."""
         check_run_id(run_id)
-        if not isinstance(config, dict):
-            raise RunStoreError(f"config must be a dict, got {type(config).__name__}")
-        payload = to_json(config, "config")
-        self._require_inactive(run_id, "reset")
-        # Files first: should we crash between the two steps, the run is still an ended run
-        # without weights (which the dashboard shows and can retrain), never a fresh run with
-        # stale weights.
-        self._remove_folder(run_id)
+        payload = to_json(check_config(config), "config")
         with self._write() as conn:
             self._require_inactive(run_id, "reset", conn)
-            conn.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM epochs WHERE run_id = ?", (run_id,))
-            conn.execute(
-                "UPDATE runs SET config = ?, status = 'queued', message = '', created = ?, "
-                "started = NULL, finished = NULL, device = '', test_accuracy = NULL, "
-                "test_loss = NULL, duration_s = NULL, epochs_done = 0, summary = '{}' WHERE id = ?",
-                (payload, time.time(), run_id),
+            self._reset(conn, run_id, payload, owner=None, worker=None)
+
+    def _reset(self, conn: sqlite3.Connection, run_id: str, payload: str, owner: str | None,
+               worker: tuple[int, str] | None) -> None:
+        """Inside a write transaction: the run starts over, queued (or running for `worker`).
+
+        Files go while this transaction holds the write lock, so no worker can claim the run
+        and write new weights before the old ones are gone; should we crash after removing
+        them, the rollback leaves an ended run without weights, never a fresh run with stale ones.
+        """
+        self._remove_folder(run_id)
+        conn.execute("DELETE FROM steps WHERE run_id = ?", (run_id,))
+        conn.execute("DELETE FROM epochs WHERE run_id = ?", (run_id,))
+        now = time.time()
+        status, started, pid, host = ("running", now, *worker) if worker else ("queued", None, None, "")
+        conn.execute(
+            "UPDATE runs SET config = ?, status = ?, message = '', created = ?, started = ?, "
+            "finished = NULL, device = '', test_accuracy = NULL, test_loss = NULL, duration_s = NULL, "
+            "epochs_done = 0, summary = '{}', owner = COALESCE(?, owner), worker_pid = ?, "
+            "worker_host = ?, stop_requested = 0 WHERE id = ?",
+            (payload, status, now, started, owner, pid, host, run_id),
+        )
+
+    # -- the queue ----------------------------------------------------------------------------
+    # The waiting line lives here, not in one server's memory: queued runs in order of
+    # `created` (the click), claimed by compare-and-set, so several server processes sharing
+    # one store never train one run twice.
+
+    def enqueue(
+        self, run_id: str, config: dict, owner: str = "", max_waiting: int | None = None,
+        worker: tuple[int, str] | None = None,
+    ) -> str:
+        """Ask for `config` to be trained, in one transaction. Returns "cached" (an identical
+        run already ended usably), "joined" (it is queued or running now) or "queued" (created,
+        or an earlier cancelled/interrupted/failed attempt reset). With `worker` (pid, host) the
+        run is claimed at once by that process (the CLI trains it itself). Raises QueueFull when
+        `owner` already has `max_waiting` runs queued."""
+        check_run_id(run_id)
+        payload = to_json(check_config(config), "config")
+        if not isinstance(owner, str):
+            raise RunStoreError(f"owner must be a string, got {type(owner).__name__}")
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] in REUSABLE:
+                return "cached"
+            if row is not None and row[0] in ACTIVE:
+                return "joined"
+            if max_waiting is not None and worker is None:
+                waiting = conn.execute(
+                    "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND owner = ?", (owner,)
+                ).fetchone()[0]
+                if waiting >= max_waiting:
+                    raise QueueFull(
+                        f"you already have {waiting} runs waiting (limit {max_waiting}); "
+                        "wait for one to start or stop one"
+                    )
+            if row is None:
+                now = time.time()
+                status, started, pid, host = ("running", now, *worker) if worker else ("queued", None, None, "")
+                conn.execute(
+                    "INSERT INTO runs (id, config, status, created, started, owner, worker_pid, worker_host) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, payload, status, now, started, owner, pid, host),
+                )
+            else:
+                self._reset(conn, run_id, payload, owner, worker)
+            return "queued"
+
+    def claim_next(self, pid: int, host: str) -> RunRecord | None:
+        """The oldest queued run, now running and owned by worker `pid` on `host`; None when
+        nothing waits. One transaction: two workers never get the same run."""
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT id FROM runs WHERE status = 'queued' ORDER BY created, rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            self._claim(conn, row[0], pid, host)
+        return self.get_run(row[0])
+
+    def claim(self, run_id: str, pid: int, host: str) -> bool:
+        """Take one queued run for worker `pid` on `host`; False if it is not queued (any more)."""
+        with self._write() as conn:
+            return self._claim(conn, run_id, pid, host)
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, run_id: str, pid: int, host: str) -> bool:
+        cursor = conn.execute(
+            "UPDATE runs SET status = 'running', started = ?, finished = NULL, worker_pid = ?, "
+            "worker_host = ?, stop_requested = 0 WHERE id = ? AND status = 'queued'",
+            (time.time(), pid, host, run_id),
+        )
+        return cursor.rowcount == 1
+
+    def waiting(self) -> list[RunRecord]:
+        """Queued runs in the order they will start (the order of the clicks)."""
+        rows = self._read("SELECT * FROM runs WHERE status = 'queued' ORDER BY created, rowid")
+        return [self._record(r) for r in rows]
+
+    def request_stop(self, run_id: str) -> bool:
+        """Stop a run: a queued one ends now as cancelled; a running one is flagged, and its
+        trainer (in whichever process) stops after the current batch. False if it had ended."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET status = 'cancelled', message = 'Stopped before it started.', finished = ? "
+                "WHERE id = ? AND status = 'queued'",
+                (time.time(), run_id),
             )
+            if cursor.rowcount == 0:
+                cursor = conn.execute(
+                    "UPDATE runs SET stop_requested = 1 WHERE id = ? AND status = 'running'", (run_id,)
+                )
+            if cursor.rowcount == 0 and not self._exists(conn, run_id):
+                raise RunStoreError(f"unknown run {run_id!r}")
+            return cursor.rowcount == 1
+
+    def stop_requested(self, run_id: str) -> bool:
+        rows = self._read("SELECT stop_requested FROM runs WHERE id = ?", (run_id,))
+        return bool(rows and rows[0][0])
 
     def delete_run(self, run_id: str) -> None:
         """Remove the run's rows and files; refused while queued or running (a worker owns it)."""
@@ -448,6 +588,12 @@ class RunStore:
                 (run_id, whole(after, "after")),
             )
         return [dict(r) for r in rows]
+
+    def last_step(self, run_id: str) -> dict | None:
+        """The latest stored step (progress, speed), or None before the first one."""
+        columns = ", ".join(STEP_KEYS)
+        rows = self._read(f"SELECT {columns} FROM steps WHERE run_id = ? ORDER BY step DESC LIMIT 1", (run_id,))
+        return dict(rows[0]) if rows else None
 
     def epochs(self, run_id: str) -> list[dict]:
         """Per-epoch metrics ordered by epoch."""

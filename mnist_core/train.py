@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ EVAL_BATCH = 2000
 # Chance-level cross-entropy is ln 10 = 2.3. A batch loss above this means the weights have
 # blown up (the true digit got a probability below e^-1000); no sane run gets there.
 DIVERGED_LOSS = 1e3
+REPORT_S = 0.5  # a report at least this often, so slow models still chart live
 
 
 @dataclass
@@ -39,8 +41,13 @@ class StepEvent:
     lr: float
     images_per_s: float
     elapsed: float
-    progress: float  # 0..1 of the whole run
+    total: int  # steps the whole run will take, when it is not stopped early
     eta_s: float
+
+    @property
+    def progress(self) -> float:
+        """0..1 of the whole run."""
+        return self.step / self.total if self.total else 0.0
 
 
 @dataclass
@@ -74,20 +81,28 @@ class TrainResult:
 
 
 class Splits:
-    """Normalised train/validation/test tensors resident on one device."""
+    """Normalised train/validation/test tensors resident on one device.
+
+    Uses the data's pre-normalised copy when it has one (a warm worker maps a single shared
+    copy), else normalises here.
+    """
 
     def __init__(self, data: Mnist, val_split: float, seed: int, device: torch.device, channels_last: bool):
         order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))
         n_val = int(round(len(order) * val_split))
         train_idx, val_idx = order[n_val:], order[:n_val]
+        train_all, test_all = data.normalised if data.normalised is not None else (None, None)
 
-        def put(images: torch.Tensor) -> torch.Tensor:
-            x = normalise(images).to(device)
+        def put(images: torch.Tensor, normalised: torch.Tensor | None, idx: torch.Tensor | None) -> torch.Tensor:
+            if normalised is not None:
+                x = (normalised[idx] if idx is not None else normalised).to(device)
+            else:
+                x = normalise(images[idx] if idx is not None else images).to(device)
             return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-        self.x_train, self.y_train = put(data.train_images[train_idx]), data.train_labels[train_idx].to(device)
-        self.x_val, self.y_val = put(data.train_images[val_idx]), data.train_labels[val_idx].to(device)
-        self.x_test, self.y_test = put(data.test_images), data.test_labels.to(device)
+        self.x_train, self.y_train = put(data.train_images, train_all, train_idx), data.train_labels[train_idx].to(device)
+        self.x_val, self.y_val = put(data.train_images, train_all, val_idx), data.train_labels[val_idx].to(device)
+        self.x_test, self.y_test = put(data.test_images, test_all, None), data.test_labels.to(device)
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -165,6 +180,168 @@ def evaluate_loss_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
     return float(total_loss) / len(y), float(correct) / len(y)
 
 
+@dataclass
+class Session:
+    """Everything one training run carries from step to step and epoch to epoch."""
+
+    config: TrainConfig
+    device: torch.device
+    model: Classifier
+    splits: Splits
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer | None
+    scheduler: Any
+    generator: torch.Generator
+    use_amp: bool
+    steps_per_epoch: int
+    start: float = field(default_factory=time.perf_counter)
+    step: int = 0
+    images_seen: int = 0
+    train_time: float = 0.0  # excludes evaluation, for an honest images/s
+    status: str = "finished"
+    message: str = ""  # set when the run stops before its last epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+
+@dataclass
+class EpochTotals:
+    """Running sums over one epoch, kept on the device so no step waits for a sync."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    worst: torch.Tensor  # largest batch loss since the last report (NaN propagates)
+    seen: int = 0
+
+
+def start_session(config: TrainConfig, data: Mnist) -> Session:
+    """Seed, build the model on its device, lay out the data, and make the optimizer."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, config.dropout)
+    channels_last = device.type == "cpu" and is_convolutional(model)
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    splits = Splits(data, config.val_split, config.seed, device, channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(config, params)
+    steps_per_epoch = math.ceil(len(splits.y_train) / config.batch_size)
+    return Session(
+        config=config, device=device, model=model, splits=splits, params=params, optimizer=optimizer,
+        scheduler=make_scheduler(config, optimizer, steps_per_epoch),
+        generator=torch.Generator().manual_seed(config.seed),
+        use_amp=use_bf16(config.precision, device, is_convolutional(model)), steps_per_epoch=steps_per_epoch,
+    )
+
+
+def advance_schedule(session: Session, epoch_ended: bool, val_loss: float | None = None) -> None:
+    """The one place the learning-rate schedule moves: one-cycle after every batch, the
+    others after every epoch (plateau watches the validation loss, else the training loss)."""
+    config, scheduler = session.config, session.scheduler
+    if scheduler is None or epoch_ended != (config.schedule != "onecycle"):
+        return
+    if config.schedule == "plateau":
+        scheduler.step(val_loss)
+    else:
+        scheduler.step()
+
+
+def train_step(session: Session, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch: forward, loss, backward, update. Returns the loss and the logits (detached)."""
+    config = session.config
+    if config.augment == "affine":
+        xb = random_affine(xb, session.generator)
+    with torch.autocast(device_type=session.device.type, dtype=torch.bfloat16, enabled=session.use_amp):
+        logits = session.model(xb)
+    loss = F.cross_entropy(logits.float(), yb)
+    if session.optimizer is not None:
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        session.optimizer.step()
+    else:
+        loss.backward()
+        scratch_sgd_step(session.params, config.lr, config.weight_decay)
+    advance_schedule(session, epoch_ended=False)
+    session.step += 1
+    return loss.detach(), logits.detach()
+
+
+def train_epoch(
+    session: Session,
+    epoch: int,
+    on_step: Callable[[StepEvent], None] | None,
+    cancel: threading.Event | None,
+    report_every: int,
+) -> EpochTotals:
+    """One pass over the training split in a fresh random order. Reports every `report_every`
+    steps (and at least every REPORT_S seconds); stops early, setting the session's status and
+    message, on divergence, a stop request or the time budget."""
+    config, splits, device = session.config, session.splits, session.device
+    n_train = len(splits.y_train)
+    order = torch.randperm(n_train, generator=session.generator).to(device)
+    zero = torch.zeros((), device=device)
+    totals = EpochTotals(zero.clone(), zero.clone(), zero.clone())
+    epoch_start = last_report = time.perf_counter()
+    window_images = 0
+    for batch_start in range(0, n_train, config.batch_size):
+        idx = order[batch_start : batch_start + config.batch_size]
+        yb = splits.y_train[idx]
+        loss, logits = train_step(session, splits.x_train[idx], yb)
+        n = len(yb)
+        totals.seen += n
+        session.images_seen += n
+        window_images += n
+        totals.loss_sum += loss * n
+        totals.correct += (logits.argmax(1) == yb).sum()
+        totals.worst = torch.maximum(totals.worst, loss)
+
+        now = time.perf_counter()
+        last_batch = batch_start + config.batch_size >= n_train
+        if session.step % report_every == 0 or last_batch or now - last_report >= REPORT_S:
+            worst = float(totals.worst)
+            totals.worst.zero_()
+            if not math.isfinite(worst) or worst > DIVERGED_LOSS:
+                session.status = "diverged"
+                session.message = (
+                    f"The loss reached {worst:.3g} by step {session.step}: the updates overshoot. "
+                    f"Lower the learning rate (it was {config.lr:g}), e.g. to {config.lr / 10:g}."
+                )
+                break
+            if on_step:
+                elapsed = now - session.start
+                on_step(StepEvent(
+                    step=session.step, epoch=epoch, loss=float(loss),
+                    accuracy=float((logits.argmax(1) == yb).float().mean()),
+                    lr=current_lr(session.optimizer, config), images_per_s=window_images / max(now - last_report, 1e-9),
+                    elapsed=elapsed, total=session.total_steps,
+                    eta_s=elapsed / session.step * (session.total_steps - session.step),
+                ))
+            last_report, window_images = now, 0
+        if cancel is not None and cancel.is_set():
+            session.status, session.message = "cancelled", f"Stopped by request at step {session.step} (epoch {epoch})."
+            break
+        if config.time_budget_s and now - session.start > config.time_budget_s:
+            session.message = f"Time budget of {config.time_budget_s:g} s reached at step {session.step}."
+            break
+    session.train_time += time.perf_counter() - epoch_start
+    return totals
+
+
+def evaluate_epoch(session: Session, epoch: int, totals: EpochTotals) -> EpochEvent:
+    """Train metrics of the epoch just run, plus validation and test metrics of the model now."""
+    splits, amp = session.splits, session.use_amp
+    val_loss, val_acc = (
+        evaluate_loss_accuracy(session.model, splits.x_val, splits.y_val, amp) if len(splits.y_val) else (None, None)
+    )
+    test_loss, test_acc = evaluate_loss_accuracy(session.model, splits.x_test, splits.y_test, amp)
+    return EpochEvent(
+        epoch=epoch, train_loss=float(totals.loss_sum) / totals.seen,
+        train_accuracy=float(totals.correct) / totals.seen, val_loss=val_loss, val_accuracy=val_acc,
+        test_loss=test_loss, test_accuracy=test_acc, elapsed=time.perf_counter() - session.start,
+    )
+
+
 def train(
     config: TrainConfig,
     data: Mnist,
@@ -178,119 +355,30 @@ def train(
     Deterministic on the CPU for a given seed: the seed fixes the weights' initial values,
     the validation split, the batch order, dropout and augmentation.
     """
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, config.dropout)
-    channels_last = device.type == "cpu" and is_convolutional(model)
-    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    splits = Splits(data, config.val_split, config.seed, device, channels_last)
-    use_amp = use_bf16(config.precision, device, is_convolutional(model))
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config, params)
-    n_train = len(splits.y_train)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
-    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
-    generator = torch.Generator().manual_seed(config.seed)
-    total_steps = steps_per_epoch * config.epochs
-
+    session = start_session(config, data)
     history: list[EpochEvent] = []
-    status, message = "finished", ""
-    step, images_seen, start = 0, 0, time.perf_counter()
-    train_time = 0.0  # excludes evaluation, for an honest images/s
-    model.train()
+    session.model.train()
     for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        order = torch.randperm(n_train, generator=generator).to(device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        worst = torch.zeros((), device=device)  # largest batch loss since the last check
-        seen = 0
-        window_start, window_images = time.perf_counter(), 0
-        for batch_start in range(0, n_train, config.batch_size):
-            idx = order[batch_start : batch_start + config.batch_size]
-            xb, yb = splits.x_train[idx], splits.y_train[idx]
-            if config.augment == "affine":
-                xb = random_affine(xb, generator)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
-            if optimizer is not None:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if config.schedule == "onecycle":
-                    scheduler.step()
-            else:
-                loss.backward()
-                scratch_sgd_step(params, config.lr, config.weight_decay)
-            step += 1
-            n = len(yb)
-            seen += n
-            images_seen += n
-            window_images += n
-            loss_sum += loss.detach() * n
-            correct += (logits.detach().argmax(1) == yb).sum()
-            worst = torch.maximum(worst, loss.detach())  # NaN propagates; no device sync per step
-
-            if step % report_every == 0 or batch_start + config.batch_size >= n_train:
-                loss_value, worst_value = float(loss.detach()), float(worst)
-                worst.zero_()
-                if not math.isfinite(worst_value) or worst_value > DIVERGED_LOSS:
-                    status = "diverged"
-                    message = (
-                        f"The loss reached {worst_value:.3g} by step {step}: the updates overshoot. "
-                        f"Lower the learning rate (it was {config.lr:g}), e.g. to {config.lr / 10:g}."
-                    )
-                    break
-                now = time.perf_counter()
-                rate = window_images / max(now - window_start, 1e-9)
-                window_start, window_images = now, 0
-                elapsed = now - start
-                if on_step:
-                    on_step(StepEvent(
-                        step=step, epoch=epoch, loss=loss_value,
-                        accuracy=float((logits.detach().argmax(1) == yb).float().mean()),
-                        lr=current_lr(optimizer, config), images_per_s=rate, elapsed=elapsed,
-                        progress=step / total_steps,
-                        eta_s=elapsed / step * (total_steps - step),
-                    ))
-            if cancel is not None and cancel.is_set():
-                status, message = "cancelled", f"Stopped by request at step {step} (epoch {epoch})."
-                break
-            if config.time_budget_s and time.perf_counter() - start > config.time_budget_s:
-                status, message = "finished", f"Time budget of {config.time_budget_s:g} s reached at step {step}."
-                break
-        train_time += time.perf_counter() - epoch_start
-        if status != "finished" or seen == 0:
+        totals = train_epoch(session, epoch, on_step, cancel, report_every)
+        if session.status != "finished" or totals.seen == 0:
             break
-        val_loss, val_acc = (
-            evaluate_loss_accuracy(model, splits.x_val, splits.y_val, use_amp) if len(splits.y_val) else (None, None)
-        )
-        test_loss, test_acc = evaluate_loss_accuracy(model, splits.x_test, splits.y_test, use_amp)
-        event = EpochEvent(
-            epoch=epoch, train_loss=float(loss_sum) / seen, train_accuracy=float(correct) / seen,
-            val_loss=val_loss, val_accuracy=val_acc, test_loss=test_loss, test_accuracy=test_acc,
-            elapsed=time.perf_counter() - start,
-        )
+        event = evaluate_epoch(session, epoch, totals)
         history.append(event)
         if on_epoch:
             on_epoch(event)
-        if config.schedule == "step" and scheduler is not None:
-            scheduler.step()
-        elif config.schedule == "plateau" and scheduler is not None:
-            scheduler.step(val_loss if val_loss is not None else event.train_loss)
-        if message:  # time budget reached
+        advance_schedule(session, epoch_ended=True,
+                         val_loss=event.val_loss if event.val_loss is not None else event.train_loss)
+        if session.message:  # the time budget ran out
             break
 
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = session.model.to("cpu", memory_format=torch.contiguous_format).eval()
     last = history[-1] if history else None
     return TrainResult(
-        status=status, message=message or "Training finished.", model=model, device=str(device),
-        epochs_done=len(history), steps_done=step, elapsed=time.perf_counter() - start,
-        images_per_s=images_seen / max(train_time, 1e-9), mixed_precision=use_amp,
-        test_loss=last.test_loss if last else None, test_accuracy=last.test_accuracy if last else None,
-        history=history,
+        status=session.status, message=session.message or "Training finished.", model=model,
+        device=str(session.device), epochs_done=len(history), steps_done=session.step,
+        elapsed=time.perf_counter() - session.start, images_per_s=session.images_seen / max(session.train_time, 1e-9),
+        mixed_precision=session.use_amp, test_loss=last.test_loss if last else None,
+        test_accuracy=last.test_accuracy if last else None, history=history,
     )
 
 

@@ -42,8 +42,9 @@ def get_store() -> RunStore:
 
 @st.cache_resource(show_spinner=False)
 def get_queue() -> JobQueue:
-    """The one training queue of this server; created once, it also recovers interrupted runs."""
-    return JobQueue(get_store())  # each run trains in its own process, which loads MNIST itself
+    """This server's handle on training: created once (at the first visit, by the sidebar), it
+    recovers runs of dead processes and starts the warm workers before anyone presses Launch."""
+    return JobQueue(get_store())
 
 
 def load_data() -> Mnist | None:
@@ -72,6 +73,7 @@ def limits() -> Limits:
 
 
 def sidebar() -> None:
+    get_queue()  # workers warm up while the visitor reads the first page
     data = load_data()
     with st.sidebar:
         st.caption("Data: " + (data.source if data else "not found — see any page"))

@@ -1,6 +1,6 @@
 """Train: choose every setting, launch a run on the shared queue, and watch it learn live.
 
-The training itself runs in the JobQueue's worker thread, never in this script: the page only
+The training itself runs in a warm worker process, never in this script: the page only
 submits, polls the run store once a second, and remembers the run in the URL so a reloaded or
 reopened tab finds its run again.
 """
@@ -17,11 +17,12 @@ from mnist_core.history import (
     device_label,
     epoch_frame,
     outcome,
-    progress_from_event,
+    format_duration,
     progress_from_step,
     settings_for_form,
     step_frame,
 )
+from mnist_core.jobs import current
 from mnist_core.models import MODELS
 from mnist_core.runs import ACTIVE, RunRecord
 from pages.common import get_queue, get_store, help_text, limits, require_data, session_id
@@ -173,11 +174,10 @@ def show_notice(record: RunRecord) -> None:
         st.success("Launched. You may leave this page: the run keeps training on the server.")
 
 
-def metrics_revision(record: RunRecord) -> tuple:
+def metrics_revision(record: RunRecord, last_step: dict | None) -> tuple:
     """Changes whenever the run has new metrics: the cache key of its figures, so a tab that
     polls a run which has not moved since the last poll rebuilds nothing."""
-    event = get_queue().progress(record.id)
-    return record.created, record.status, record.epochs_done, event.step if event else None
+    return record.created, record.status, record.epochs_done, last_step["step"] if last_step else None
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -219,26 +219,23 @@ def epoch_figures(run_id: str, revision: tuple) -> tuple[go.Figure, go.Figure] |
     return loss, accuracy
 
 
-def show_progress(record: RunRecord) -> None:
-    """Queue position while waiting; a progress bar with epoch, ETA and speed while training."""
-    queue = get_queue()
+def show_progress(record: RunRecord, last_step: dict | None) -> None:
+    """Place in line and estimated start while waiting; a progress bar with epoch, ETA and speed
+    while training. Both come from the store, whichever server or worker handles the run."""
     if record.status == "queued":
-        position = queue.position(record.id)
-        if position is None:
+        place = next((w for w in get_queue().waiting() if w.run_id == record.id), None)
+        if place is None:
             st.info("Queued: waiting for a free trainer.")
-        else:
-            ahead = "it is next" if position == 1 else f"{position - 1} run(s) ahead of it"
-            st.info(f"Waiting in the queue: position {position} ({ahead}). It starts as soon as a trainer is free.")
-        return
-    event = queue.progress(record.id)
-    if event is not None:
-        progress = progress_from_event(event, record.config["epochs"])
-    else:  # trained by another process (the CLI), or before its first report
-        steps = get_store().steps(record.id)
-        if not steps:
-            st.progress(0.0, text="Starting: preparing the data on the device…")
             return
-        progress = progress_from_step(steps[-1], record.config, len(data.train_labels))
+        ahead = "it is next" if place.position == 1 else f"{place.position - 1} run(s) ahead of it"
+        start = (f" Estimated start: in about {format_duration(place.start_in_s)}."
+                 if place.start_in_s is not None else "")
+        st.info(f"Waiting in the queue: position {place.position} ({ahead}).{start}")
+        return
+    if last_step is None:
+        st.progress(0.0, text="Starting: the trainer has taken this run…")
+        return
+    progress = progress_from_step(last_step, record.config["epochs"])
     st.progress(progress.fraction, text=progress.text())
 
 
@@ -250,13 +247,13 @@ def show_run(record: RunRecord) -> None:
         f"{config['model']} · {config['epochs']} epoch(s) · batch {config['batch_size']} · "
         f"lr {config['lr']:g} · {config['optimizer']} · status **{record.status}** · device {device_label(record)}"
     )
+    last_step = get_store().last_step(record.id)
     if record.active:
-        show_progress(record)
-        if get_queue().is_active(record.id):
-            if st.button("Stop training", key=f"stop_{record.id}", icon=":material/stop_circle:",
-                         help="Ask the trainer to stop after the current batch; the run is kept as cancelled."):
-                get_queue().cancel(record.id)
-                st.toast("Stop requested.")
+        show_progress(record, last_step)
+        if st.button("Stop training", key=f"stop_{record.id}", icon=":material/stop_circle:",
+                     help="Ask the trainer to stop after the current batch; the run is kept as cancelled."):
+            get_queue().cancel(record.id)
+            st.toast("Stop requested.")
     else:
         level, text = outcome(record)
         getattr(st, level)(text)
@@ -267,7 +264,7 @@ def show_run(record: RunRecord) -> None:
                          icon=":material/analytics:", query_params={"run": record.id})
     if record.status == "queued":
         return
-    steps = loss_accuracy_step_figures(record.id, metrics_revision(record))
+    steps = loss_accuracy_step_figures(record.id, metrics_revision(record, last_step))
     if steps is not None:
         left, right = st.columns(2)
         left.plotly_chart(steps[0], key=f"steps_loss_{record.id}")
@@ -281,12 +278,13 @@ def show_run(record: RunRecord) -> None:
         st.caption("Per-epoch train / validation / test curves appear after the first epoch.")
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=1.0)
 def live_run(run_id: str) -> None:
-    """Re-read the store every two seconds while the run is active (often enough to look live,
-    rarely enough that many watching tabs leave the trainer its CPU); when it ends, rerun the
-    whole page so the final view is drawn once by the non-polling path."""
-    record = get_store().get_run(run_id)
+    """Re-read the store every second while the run is active: a poll costs the server a few
+    milliseconds when nothing moved (figures are cached by the latest step), so many watching
+    tabs still leave the trainer its CPU. When the run ends, rerun the whole page so the final
+    view is drawn once by the non-polling path."""
+    record = current(get_store(), run_id)
     if record is None or not record.active:
         st.rerun()
     show_run(record)
@@ -309,7 +307,7 @@ if values is not None:
     launch(values)
 
 run_id = remembered_run()
-record = get_store().get_run(run_id) if run_id else None
+record = current(get_store(), run_id) if run_id else None
 if run_id and record is None:
     st.warning(f"Run `{run_id}` no longer exists (it was deleted). Launch a new one above.")
     forget()

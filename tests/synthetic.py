@@ -21,3 +21,28 @@ def synthetic_mnist(n_train: int = 600, n_test: int = 200, seed: int = 0) -> Mni
     train_x, train_y = sample(n_train)
     test_x, test_y = sample(n_test)
     return Mnist(train_x, train_y, test_x, test_y, source="synthetic", folder=Path("."))
+
+
+FAILING_SEED = 990_001  # a run with this seed crashes inside `train_or_crash`
+
+
+def train_or_crash(config, data, **kwargs):
+    """The real trainer, except that runs seeded FAILING_SEED crash as a full disk would: injected
+    into warm workers (`JobQueue(train=...)`) to test how a crash inside training ends."""
+    from mnist_core.train import train
+
+    if config.seed == FAILING_SEED:
+        raise OSError("disk gone")
+    return train(config, data, **kwargs)
+
+
+def train_here(store, config, data) -> str:
+    """Train `config` in this test process at once and return its status. The run is claimed
+    by this process as it is created, so no warm worker of a page's queue can take it."""
+    import os
+
+    from mnist_core.jobs import HOST, execute, run_id_for
+
+    run_id = run_id_for(config)
+    store.enqueue(run_id, config.to_dict(), "tests", worker=(os.getpid(), HOST))
+    return execute(store, run_id, config, data)

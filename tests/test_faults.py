@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.data import load_mnist
 from mnist_core.evaluate import predict_proba
-from mnist_core.jobs import JobQueue, recover_interrupted, run_id_for
+from mnist_core.jobs import JobQueue, pid_alive, recover, run_id_for, submit
 from mnist_core.predict import load_run_model
 from mnist_core.runs import RunStore
 from tests.conftest import ROOT
@@ -36,19 +35,40 @@ CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SHORT = TrainConfig(model="linear", epochs=1, batch_size=100)
 LONG = TrainConfig(model="mlp", epochs=50, batch_size=8)  # minutes of work: killed long before the end
 
-# The dashboard's server process in miniature: one queue, a finished run, then a long one.
+# The dashboard's server process in miniature: one queue with its warm worker, a finished run,
+# then a long one.
 SERVER = f"""
 import sys, time
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.jobs import JobQueue
 from mnist_core.runs import RunStore
-from tests.synthetic import synthetic_mnist
 
-data = synthetic_mnist()
-queue = JobQueue(RunStore(sys.argv[1]), lambda: data, Limits(max_concurrent=1))
+queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1), data="tests.synthetic:synthetic_mnist")
 queue.submit(TrainConfig(**{SHORT.to_dict()!r}), "alice")
 queue.submit(TrainConfig(**{LONG.to_dict()!r}), "alice")
 while True:  # until the test kills this process
+    time.sleep(1)
+"""
+
+# A second server process for the race test: submits the same configs at the same instants.
+RACER = """
+import json, sys, time
+from mnist_core.config import Limits, TrainConfig
+from mnist_core.jobs import JobQueue
+from mnist_core.runs import RunStore
+
+queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1, max_queued_per_session=100),
+                 data="tests.synthetic:synthetic_mnist")
+start = float(sys.argv[2])
+outcomes = []
+for seed in range(int(sys.argv[3])):
+    time.sleep(max(0.0, start + 0.15 * seed - time.time()))
+    try:
+        outcomes.append(queue.submit(TrainConfig(model="linear", seed=seed, batch_size=100), "class").outcome)
+    except Exception as error:
+        outcomes.append(f"{type(error).__name__}: {error}")
+print(json.dumps(outcomes), flush=True)
+while True:  # keep the workers until the test has seen every run end
     time.sleep(1)
 """
 
@@ -102,10 +122,11 @@ def spawn(tmp_path):
     the test fails."""
     children: list[Child] = []
 
-    def start(args: list[str]) -> Child:
+    def start(args: list[str], stdout: bool = False) -> Child:
         log = tmp_path / f"child-{len(children)}.log"
         with log.open("w") as stderr:
-            process = subprocess.Popen(args, cwd=ROOT, env=CHILD_ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+            process = subprocess.Popen(args, cwd=ROOT, env=CHILD_ENV, stderr=stderr, text=True,
+                                       stdout=subprocess.PIPE if stdout else subprocess.DEVNULL)
         children.append(Child(process, log))
         return children[-1]
 
@@ -116,7 +137,7 @@ def spawn(tmp_path):
         child.process.wait(timeout=10)
 
 
-def test_sigkill_mid_training_keeps_the_store_and_the_next_start_recovers(tmp_path, spawn):
+def test_sigkill_of_the_server_interrupts_its_run_and_keeps_the_store(tmp_path, spawn):
     root = tmp_path / "runs"
     short_id, long_id = run_id_for(SHORT), run_id_for(LONG)
     server = spawn([sys.executable, "-c", SERVER, str(root)])
@@ -124,41 +145,90 @@ def test_sigkill_mid_training_keeps_the_store_and_the_next_start_recovers(tmp_pa
     store = RunStore(root)
     wait_until(lambda: is_training(store, long_id), server, "the long run trains")
     assert store.get_run(short_id).status == "finished"
+    worker = store.get_run(long_id).worker_pid
     kill(server)
 
     assert integrity(root) == "ok"
+    # The orphaned worker notices its server is gone, ends the run as interrupted and exits.
+    deadline = time.monotonic() + 30
+    while store.get_run(long_id).status == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    interrupted = store.get_run(long_id)
+    assert interrupted.status == "interrupted" and "launch it again" in interrupted.message
+    while pid_alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(worker), "the worker outlived its server"
     steps_before = len(store.steps(long_id))
-    assert steps_before >= 1 and store.get_run(long_id).status == "running"  # nobody told the store
+    assert steps_before >= 1  # its history up to the kill is kept
 
-    gate = threading.Event()  # holds the restarted queue's worker before it trains anything
+    # The finished run survived intact: its weights reproduce its stored test predictions.
     data = synthetic_mnist()
+    model = load_run_model(store, short_id)
+    stored = store.load_tensors(short_id, "evaluation")["probabilities"]
+    fresh = predict_proba(model, data.test_images)
+    assert torch.allclose(fresh, stored.to(fresh.dtype), atol=1e-5)
 
-    def gated_data():
-        gate.wait(30)
-        return data
+    # The next server trains the interrupted run afresh and reuses the finished one.
+    again = submit(store, LONG, "alice", Limits())
+    assert (again.run_id, again.outcome) == (long_id, "queued")
+    record = store.get_run(long_id)
+    assert record.status == "queued" and record.message == "" and record.epochs_done == 0
+    assert store.steps(long_id) == []  # trained afresh, not appended to the old curve
+    assert submit(store, SHORT, "alice", Limits()).outcome == "cached"
+    store.request_stop(long_id)
 
-    restarted = RunStore(root)
-    queue = JobQueue(restarted, gated_data, Limits(max_concurrent=1))  # the restart
+
+def test_sigkill_of_a_warm_worker_mid_run_interrupts_it_and_a_new_worker_takes_over(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    queue = JobQueue(store, Limits(max_concurrent=1), data="tests.synthetic:synthetic_mnist")
     try:
-        interrupted = restarted.get_run(long_id)
-        assert interrupted.status == "interrupted" and "launch it again" in interrupted.message
-        assert len(restarted.steps(long_id)) == steps_before  # its history up to the kill is kept
-
-        # The finished run survived intact: its weights reproduce its stored test predictions.
-        model = load_run_model(restarted, short_id)
-        stored = restarted.load_tensors(short_id, "evaluation")["probabilities"]
-        fresh = predict_proba(model, data.test_images)
-        assert torch.allclose(fresh, stored.to(fresh.dtype), atol=1e-5)
-
-        again = queue.submit(LONG, "alice")
-        assert (again.run_id, again.outcome) == (long_id, "queued")
-        record = restarted.get_run(long_id)
-        assert record.status == "queued" and record.message == "" and record.epochs_done == 0
-        assert restarted.steps(long_id) == []  # trained afresh, not appended to the old curve
-        assert queue.submit(SHORT, "alice").outcome == "cached"
+        long_id = queue.submit(LONG, "alice").run_id
+        deadline = time.monotonic() + 60
+        while not is_training(store, long_id):
+            assert time.monotonic() < deadline, store.get_run(long_id)
+            time.sleep(0.05)
+        worker = store.get_run(long_id).worker_pid
+        assert worker in queue.pool.pids()
+        os.kill(worker, signal.SIGKILL)
+        while store.get_run(long_id).status == "running":
+            assert time.monotonic() < deadline, "the dead worker's run was never recovered"
+            time.sleep(0.05)
+        record = store.get_run(long_id)
+        assert record.status == "interrupted" and "stopped unexpectedly" in record.message, record
+        assert worker not in queue.pool.pids()  # replaced
+        short = queue.submit(SHORT, "bob")
+        while store.get_run(short.run_id).status in ("queued", "running"):
+            assert time.monotonic() < deadline + 30, store.get_run(short.run_id)
+            time.sleep(0.05)
+        assert store.get_run(short.run_id).status == "finished"
     finally:
-        gate.set()
         queue.shutdown()
+
+
+def test_two_servers_submitting_the_same_configs_at_once_train_each_once(tmp_path, spawn):
+    """Two server processes share one store; each submits the same 12 configs at the same
+    instants. Every config is queued by exactly one of them, joined or reused by the other,
+    trained once, and neither sees an error."""
+    import json
+
+    root, count = tmp_path / "runs", 12
+    RunStore(root)
+    start = time.time() + 15  # both processes and their workers are up by then
+    servers = [spawn([sys.executable, "-c", RACER, str(root), str(start), str(count)], stdout=True) for _ in range(2)]
+    outcomes = [json.loads(server.process.stdout.readline()) for server in servers]
+    assert all(len(o) == count for o in outcomes), outcomes
+    store = RunStore(root)
+    for seed, pair in enumerate(zip(*outcomes)):
+        assert sorted(pair) in (["joined", "queued"], ["cached", "queued"]), (seed, pair)
+    ids = [run_id_for(TrainConfig(model="linear", seed=seed, batch_size=100)) for seed in range(count)]
+    deadline = time.monotonic() + 120
+    while any(store.get_run(i).status in ("queued", "running") for i in ids):
+        assert time.monotonic() < deadline, [store.get_run(i).status for i in ids]
+        time.sleep(0.1)
+    for run_id in ids:
+        record = store.get_run(run_id)
+        steps = [row["step"] for row in store.steps(run_id)]
+        assert record.status == "finished" and steps == sorted(set(steps)) and steps[-1] == 6, (record, steps)
 
 
 @pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
@@ -170,15 +240,15 @@ def test_killed_cli_training_is_interrupted_only_once_its_process_is_dead(tmp_pa
     wait_until(lambda: root.joinpath("runs.db").exists(), trainer, "the store exists")
     store = RunStore(root)
     wait_until(lambda: is_training(store, run_id), trainer, "the CLI trains")
-    assert store.get_run(run_id).summary["pid"] == trainer.pid
+    assert store.get_run(run_id).worker_pid == trainer.pid
 
     # Another process starting up (a dashboard, another CLI) must not steal a live run.
-    assert recover_interrupted(store) == 0
+    assert recover(store) == 0
     assert store.get_run(run_id).status == "running"
 
     kill(trainer)
     assert integrity(root) == "ok"
-    assert recover_interrupted(store) == 1  # now its recorded pid is dead
+    assert recover(store) == 1  # now its recorded pid is dead
     record = store.get_run(run_id)
     assert record.status == "interrupted" and record.message
     listing = subprocess.run(cli + ["runs"], capture_output=True, text=True, cwd=ROOT, timeout=60)

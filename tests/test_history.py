@@ -20,13 +20,11 @@ from mnist_core.history import (
     filter_runs,
     format_duration,
     outcome,
-    progress_from_event,
     progress_from_step,
     runs_frame,
     settings_for_form,
     smooth,
     step_frame,
-    steps_per_epoch,
 )
 from mnist_core.runs import RunRecord
 from mnist_core.train import StepEvent
@@ -147,22 +145,16 @@ def test_curves_frame_stacks_runs_from_the_store(store):
         curves_frame(store, ["r1"], "batch")
 
 
-def test_progress_from_a_live_event():
-    event = StepEvent(step=50, epoch=2, loss=0.3, accuracy=0.9, lr=0.01, images_per_s=12345.0,
-                      elapsed=5.0, progress=0.25, eta_s=15.0)
-    progress = progress_from_event(event, epochs=4)
-    assert progress.fraction == 0.25 and progress.epoch == 2
+def test_progress_comes_from_the_stored_step_alone():
+    """Each stored step carries the run's total, so no page re-derives steps per epoch."""
+    row = {"step": 211, "epoch": 1, "elapsed": 10.0, "images_per_s": 5000.0, "total": 422}
+    progress = progress_from_step(row, epochs=2)
+    assert progress.fraction == pytest.approx(0.5) and progress.eta_s == pytest.approx(10.0)
     text = progress.text()
-    assert "25%" in text and "epoch 2 of 4" in text and "15 s left" in text and "12,345 images/s" in text
-
-
-def test_progress_from_a_stored_step_matches_the_trainer_split():
-    config = TrainConfig(model="linear", epochs=2, batch_size=256, val_split=0.1).to_dict()
-    assert steps_per_epoch(config) == math.ceil(54_000 / 256) == 211
-    progress = progress_from_step({"step": 211, "epoch": 1, "elapsed": 10.0, "images_per_s": 5000.0}, config)
-    assert progress.fraction == pytest.approx(0.5)
-    assert progress.eta_s == pytest.approx(10.0)
-    assert steps_per_epoch({"val_split": 0.0, "batch_size": 60_000}) == 1
+    assert "50%" in text and "epoch 1 of 2" in text and "step 211 of 422" in text and "10 s left" in text
+    assert "5,000 images/s" in text
+    unknown = progress_from_step({"step": 5, "epoch": 1, "elapsed": 1.0, "total": None}, epochs=1)
+    assert unknown.fraction == 0.0 and unknown.eta_s is None and "step 5" in unknown.text()
 
 
 @pytest.mark.parametrize(

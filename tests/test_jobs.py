@@ -1,4 +1,8 @@
-"""The background job queue and run execution (mnist_core/jobs.py)."""
+"""A run's life (mnist_core/jobs.py) through the same warm worker processes production uses.
+
+One queue (one worker process, synthetic data, a trainer that crashes on demand) serves the
+whole module, as one server's queue serves every session.
+"""
 
 from __future__ import annotations
 
@@ -10,62 +14,92 @@ import time
 import pytest
 
 from mnist_core.config import ConfigError, Limits, TrainConfig
-from mnist_core.jobs import JobQueue, execute, recover_interrupted, run_id_for
+from mnist_core.jobs import HOST, JobQueue, current, execute, recover, run_id_for, submit, waiting_line
 from mnist_core.predict import load_run_model
+from mnist_core.runs import RunStore
 from tests.conftest import ROOT
-from tests.synthetic import synthetic_mnist
+from tests.synthetic import FAILING_SEED
 
-DATA = synthetic_mnist()
+ENDED = ("finished", "diverged", "cancelled", "failed", "interrupted")
+SLOW = TrainConfig(model="mlp", epochs=40, batch_size=4)  # tens of seconds on synthetic data
 
 
-def wait_for(store, run_id, statuses=("finished", "diverged", "cancelled", "failed"), timeout=60.0):
+def wait_for(store, run_id, statuses=ENDED, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         record = store.get_run(run_id)
         if record and record.status in statuses:
             return record
-        time.sleep(0.05)
+        time.sleep(0.02)
     raise AssertionError(f"{run_id} did not reach {statuses}: {store.get_run(run_id)}")
 
 
-@pytest.fixture()
+def wait_for_steps(store, run_id, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not store.steps(run_id):
+        assert time.monotonic() < deadline, f"{run_id} never reported a step: {store.get_run(run_id)}"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return RunStore(tmp_path_factory.mktemp("jobs") / "runs")
+
+
+@pytest.fixture(scope="module")
 def queue(store):
-    q = JobQueue(store, lambda: DATA, Limits(max_concurrent=1, max_queued_per_session=3))
+    q = JobQueue(store, Limits(max_concurrent=1, max_queued_per_session=3),
+                 data="tests.synthetic:synthetic_mnist", train="tests.synthetic:train_or_crash")
     yield q
     q.shutdown()
 
 
-def test_a_submitted_run_trains_in_the_background_and_is_stored(queue, store):
+@pytest.fixture(autouse=True)
+def idle_queue(request, store):
+    """Each test starts with nothing queued or running (a failed test's leftovers stopped)."""
+    yield
+    for record in store.list_runs(("queued", "running")):
+        store.request_stop(record.id)
+        wait_for(store, record.id)
+
+
+def test_a_submitted_run_trains_in_a_worker_process_and_is_stored(queue, store):
     config = TrainConfig(model="linear", epochs=2, batch_size=100)
     submission = queue.submit(config, "alice")
     assert submission.outcome == "queued" and submission.run_id == run_id_for(config)
     record = wait_for(store, submission.run_id)
     assert record.status == "finished" and record.test_accuracy > 0.9 and record.epochs_done == 2
-    assert [e["epoch"] for e in store.epochs(record.id)] == [1, 2] and store.steps(record.id)
+    assert record.owner == "alice" and record.worker_pid in queue.pool.pids() and record.worker_pid != os.getpid()
+    assert [e["epoch"] for e in store.epochs(record.id)] == [1, 2]
+    steps = store.steps(record.id)
+    assert steps and all(row["total"] == 12 for row in steps) and steps[-1]["step"] == 12  # 540 / 100 = 6 per epoch
     assert store.has_tensors(record.id, "weights") and store.has_tensors(record.id, "evaluation")
     assert queue.submit(config, "bob").outcome == "cached"
 
 
-def test_identical_configs_share_one_run_and_queue_positions_show(queue, store):
-    slow = TrainConfig(model="mlp", epochs=30, batch_size=8)
-    first = queue.submit(slow, "alice")
+def test_identical_configs_share_one_run_and_the_line_follows_the_clicks(queue, store):
+    first = queue.submit(SLOW, "alice")
     wait_for(store, first.run_id, ("running",))
-    waiting = queue.submit(TrainConfig(model="linear", epochs=1), "alice")
-    assert queue.submit(slow, "bob") == type(first)(first.run_id, "joined")
-    assert queue.position(waiting.run_id) == 1
-    queue.cancel(first.run_id)
+    b = queue.submit(TrainConfig(model="linear", seed=31), "bob")
+    c = queue.submit(TrainConfig(model="linear", seed=32), "carol")
+    assert queue.submit(SLOW, "bob").outcome == "joined"
+    assert [(w.run_id, w.owner, w.position) for w in queue.waiting()] == [(b.run_id, "bob", 1), (c.run_id, "carol", 2)]
+    assert queue.position(c.run_id) == 2 and queue.position(first.run_id) is None
+    assert queue.cancel(first.run_id)  # a stop request through the store reaches the worker process
     assert wait_for(store, first.run_id).status == "cancelled"
-    assert wait_for(store, waiting.run_id).status == "finished"
+    assert wait_for(store, b.run_id).status == "finished" and wait_for(store, c.run_id).status == "finished"
+    assert store.get_run(b.run_id).started <= store.get_run(c.run_id).started
 
 
 def test_cancelling_a_queued_run_ends_it_before_it_starts(queue, store):
-    blocker = queue.submit(TrainConfig(model="mlp", epochs=30, batch_size=8), "alice")
+    blocker = queue.submit(SLOW.replace(seed=1), "alice")
     waiting = queue.submit(TrainConfig(model="linear", epochs=1, seed=5), "alice")
     assert queue.cancel(waiting.run_id)
     assert store.get_run(waiting.run_id).status == "cancelled"
     queue.cancel(blocker.run_id)
     wait_for(store, blocker.run_id)
     assert store.steps(waiting.run_id) == [] and store.get_run(waiting.run_id).started is None
+    assert not queue.cancel(waiting.run_id)  # already ended
 
 
 def test_a_diverging_run_ends_as_diverged_and_the_worker_goes_on(queue, store):
@@ -76,64 +110,83 @@ def test_a_diverging_run_ends_as_diverged_and_the_worker_goes_on(queue, store):
     assert wait_for(store, good.run_id).status == "finished"
 
 
+def test_a_crash_inside_training_marks_the_run_failed_and_the_worker_goes_on(queue, store):
+    crashed = queue.submit(TrainConfig(model="linear", seed=FAILING_SEED), "alice")
+    after = queue.submit(TrainConfig(model="linear", seed=33), "alice")
+    record = wait_for(store, crashed.run_id)
+    assert record.status == "failed" and "disk gone" in record.message
+    assert wait_for(store, after.run_id).status == "finished"
+
+
 def test_a_run_active_in_another_live_process_is_joined_not_reset(queue, store):
     config = TrainConfig(model="linear", seed=21)
     run_id = run_id_for(config)
-    store.create_run(run_id, config.to_dict())
-    store.set_status(run_id, "running")
-    store.update_run(run_id, summary={"pid": os.getppid()})  # a live process owns it
+    assert store.enqueue(run_id, config.to_dict(), "cli", worker=(os.getppid(), HOST)) == "queued"  # a live process
     assert queue.submit(config, "alice").outcome == "joined"
-    assert store.get_run(run_id).status == "running" and not queue.is_active(run_id)
+    assert store.get_run(run_id).status == "running"
+    store.transition(run_id, "cancelled", only_from=["running"])
 
 
-def test_per_session_queue_limit(store):
-    queue = JobQueue(store, lambda: DATA, Limits(max_concurrent=1, max_queued_per_session=1))
-    try:
-        queue.submit(TrainConfig(model="mlp", epochs=30, batch_size=8), "alice")
-        time.sleep(0.3)  # let the worker take the first one
-        queue.submit(TrainConfig(model="linear", seed=1), "alice")
-        with pytest.raises(ConfigError, match="already have 1 runs waiting"):
-            queue.submit(TrainConfig(model="linear", seed=2), "alice")
-        queue.submit(TrainConfig(model="linear", seed=2), "bob")  # others are not blocked
-    finally:
-        queue.shutdown()
+def test_the_waiting_limit_is_per_person_not_per_tab(queue, store):
+    """Limits are enforced where the queue lives: every tab of one person draws on one limit."""
+    blocker = queue.submit(SLOW.replace(seed=2), "x")
+    wait_for(store, blocker.run_id, ("running",))  # the one worker is busy: the rest wait
+    limits = Limits(max_queued_per_session=2)
+    waiting = [submit(store, TrainConfig(model="linear", seed=seed), "dana", limits) for seed in (41, 42)]
+    with pytest.raises(ConfigError, match="already have 2 runs waiting"):
+        submit(store, TrainConfig(model="linear", seed=43), "dana", limits)
+    assert submit(store, TrainConfig(model="linear", seed=43), "erin", limits).outcome == "queued"
+    assert [w.owner for w in queue.waiting()] == ["dana", "dana", "erin"]
+    for run_id in [w.run_id for w in waiting] + [run_id_for(TrainConfig(model="linear", seed=43))]:
+        assert queue.cancel(run_id)
 
 
 def test_read_only_deployment_refuses_training(store):
-    queue = JobQueue(store, lambda: DATA, Limits(read_only=True))
-    try:
-        with pytest.raises(ConfigError, match="read-only"):
-            queue.submit(TrainConfig(model="linear"), "alice")
-    finally:
-        queue.shutdown()
+    with pytest.raises(ConfigError, match="read-only"):
+        submit(store, TrainConfig(model="linear"), "alice", Limits(read_only=True))
 
 
-def test_a_crash_inside_training_marks_the_run_failed(queue, store):
-    def broken():
-        raise OSError("disk gone")
-
-    queue.load_data = broken
-    record = wait_for(store, queue.submit(TrainConfig(model="linear", seed=9), "alice").run_id)
-    assert record.status == "failed" and "disk gone" in record.message
-
-
-def test_runs_left_active_by_a_dead_process_are_marked_interrupted(store):
-    store.create_run("orphan", TrainConfig().to_dict())
-    store.set_status("orphan", "running")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    store.update_run("orphan", summary={"pid": int(dead.stdout)})
-    store.create_run("alive", TrainConfig(seed=1).to_dict())
-    store.update_run("alive", summary={"pid": os.getppid()})
-    assert recover_interrupted(store) == 1
-    assert store.get_run("orphan").status == "interrupted"
-    assert store.get_run("alive").status == "queued"
+def test_a_run_whose_process_died_is_recovered_when_read_or_joined(queue, store):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    read, joined = TrainConfig(model="linear", seed=51), TrainConfig(model="linear", seed=52)
+    for config in (read, joined):
+        store.enqueue(run_id_for(config), config.to_dict(), "alice", worker=(dead, HOST))
+    store.enqueue("elsewhere", read.to_dict(), "bob", worker=(dead, "another-host"))
+    assert current(store, run_id_for(read)).status == "interrupted"  # reading it is enough
+    again = queue.submit(joined, "bob")  # trained again, not joined: nobody trains the old one
+    assert again.outcome == "queued" and store.get_run(again.run_id).owner == "bob"
+    assert wait_for(store, again.run_id).status == "finished"
+    assert store.get_run("elsewhere").status == "running"  # another machine's process: not ours to judge
+    assert recover(store) == 0
+    store.transition("elsewhere", "cancelled")
 
 
-def test_real_linear_run_beats_90_percent_and_is_reused(mnist, store):
+def test_estimated_starts_follow_measured_speed_and_the_work_ahead(store):
+    fresh = RunStore(store.root.parent / "estimates")
+    # A finished linear run measured 0.001 s per training image (54,000 images in 54 s).
+    fresh.enqueue("done", TrainConfig(model="linear", seed=60).to_dict(), "x")
+    fresh.claim_next(os.getpid(), HOST)
+    fresh.update_run("done", duration_s=54.0, epochs_done=1, summary={"images_per_s": 1000.0})
+    fresh.transition("done", "finished")
+    # One running linear run halfway through (10 s so far), then three waiting: 1, 2 and 1 epochs.
+    fresh.enqueue("now", TrainConfig(model="linear", seed=61).to_dict(), "x")
+    fresh.claim_next(os.getpid(), HOST)
+    fresh.add_steps("now", [{"step": 50, "epoch": 1, "elapsed": 10.0, "total": 100}])
+    for name, epochs in (("w1", 1), ("w2", 2), ("w3", 1)):
+        fresh.enqueue(name, TrainConfig(model="linear", epochs=epochs, seed=62).to_dict(), name)
+    line = waiting_line(fresh)
+    assert [(w.run_id, w.position) for w in line] == [("w1", 1), ("w2", 2), ("w3", 3)]
+    assert [round(w.start_in_s) for w in line] == [10, 64, 172]
+    assert [round(w.start_in_s) for w in waiting_line(fresh, trainers=2)] == [0, 10, 54]
+
+
+def test_real_linear_run_beats_90_percent_and_is_reused(mnist, tmp_path):
+    store = RunStore(tmp_path / "runs")
     config = TrainConfig(model="linear", epochs=1, batch_size=128, lr=1e-3)
-    run_id = run_id_for(config)
-    store.create_run(run_id, config.to_dict())
-    assert execute(store, run_id, config, mnist) == "finished"
+    submission = submit(store, config, "cli", Limits(), worker=(os.getpid(), HOST))
+    assert execute(store, submission.run_id, config, mnist) == "finished"
+    run_id = submission.run_id
     record = store.get_run(run_id)
     steps = store.steps(run_id)
     assert record.test_accuracy > 0.90
@@ -148,23 +201,3 @@ def test_real_linear_run_beats_90_percent_and_is_reused(mnist, store):
     assert f"cached: identical configuration already trained as run {run_id}" in out
     assert store.steps(run_id) == steps  # not trained again
     assert store.get_run(run_id).finished == record.finished
-
-
-def test_the_dashboard_mode_trains_each_run_in_its_own_process(mnist, store):
-    queue = JobQueue(store, limits=Limits(max_concurrent=1))  # no loader: children load MNIST
-    try:
-        done = queue.submit(TrainConfig(model="linear", epochs=1, batch_size=256, seed=11), "alice")
-        record = wait_for(store, done.run_id, timeout=120)
-        assert record.status == "finished" and record.test_accuracy > 0.9
-        assert record.summary["pid"] != os.getpid()  # trained elsewhere
-        assert store.has_tensors(done.run_id, "weights")
-
-        long = queue.submit(TrainConfig(model="mlp", epochs=50, batch_size=16, seed=12), "alice")
-        wait_for(store, long.run_id, ("running",), timeout=120)
-        deadline = time.monotonic() + 60
-        while not store.steps(long.run_id) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert queue.cancel(long.run_id)  # crosses the process boundary
-        assert wait_for(store, long.run_id, timeout=60).status == "cancelled"
-    finally:
-        queue.shutdown()

@@ -12,10 +12,11 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from mnist_core.config import TrainConfig
-from mnist_core.jobs import execute, run_id_for
+from mnist_core.jobs import run_id_for
 from mnist_core.predict import finished_runs, load_evaluation, load_run_model, most_confused, predict_upload
 from mnist_core.preprocess import ImageError
 from mnist_core.runs import RunStore
+from tests.synthetic import train_here
 
 EVALUATE, DRAW = "pages/evaluate.py", "pages/draw.py"
 WEAKER = "linear-weaker-copy"
@@ -29,13 +30,7 @@ def runs(mnist) -> Iterator[tuple[str, str]]:
     # Large batches keep it to 60 steps: seconds even on a busy CPU, and about 91% accurate.
     config = TrainConfig(model="linear", epochs=1, batch_size=1000, lr=0.01, device="cpu", val_split=0.0)
     run_id = run_id_for(config)
-    record = store.get_run(run_id)
-    if record is None or record.status != "finished":
-        if record is None:
-            store.create_run(run_id, config.to_dict())
-        else:
-            store.reset_run(run_id, config.to_dict())
-        assert execute(store, run_id, config, mnist) == "finished"
+    assert train_here(store, config, mnist) == "finished"
     if store.get_run(WEAKER) is None:
         store.create_run(WEAKER, config.to_dict(), status="finished")
         store.save_weights(WEAKER, store.load_weights(run_id))

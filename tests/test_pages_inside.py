@@ -14,10 +14,11 @@ from streamlit.testing.v1 import AppTest
 from mnist_core import insight
 from mnist_core.config import TrainConfig
 from mnist_core.data import Mnist
-from mnist_core.jobs import execute, run_id_for
+from mnist_core.jobs import run_id_for
 from mnist_core.predict import finished_runs
 from mnist_core.runs import RunStore
 from tests.conftest import ROOT
+from tests.synthetic import train_here
 
 PAGE = "pages/inside.py"
 SEED = 606  # a seed no other test uses, so these runs are this file's own
@@ -36,10 +37,8 @@ def runs(mnist) -> dict[str, str]:
     for model in ("linear", "cnn-small"):
         config = TrainConfig(model=model, epochs=1, batch_size=64, lr=3e-3, val_split=0.0, seed=SEED,
                              device="cpu")
-        run_id = run_id_for(config)
-        if store.create_run(run_id, config.to_dict()):
-            assert execute(store, run_id, config, small) == "finished"
-        ids[model] = run_id
+        assert train_here(store, config, small) == "finished"
+        ids[model] = run_id_for(config)
     return ids
 
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from mnist_core.data import MEAN, STD, Mnist
-from mnist_core.evaluate import evaluate, evaluation_from_probabilities
+from mnist_core.evaluate import confusion_counts, evaluate, evaluation_from_probabilities, per_class_scores
 from mnist_core.models import Classifier, build_model
 from mnist_core.predict import (
     cell_examples,
@@ -277,3 +280,16 @@ def test_predict_upload_reads_dark_ink_on_paper() -> None:
 def test_predict_upload_rejects_unreadable_files(data: bytes) -> None:
     with pytest.raises(ImageError):
         predict_upload(template_model(), data)
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=200))
+def test_confusion_and_scores_match_scikit_learn(pairs) -> None:
+    """The hand-rolled metrics (kept to spare a training process sklearn's import) agree with
+    scikit-learn's on any labels and predictions, missing classes included."""
+    labels, preds = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    confusion = confusion_counts(labels, preds)
+    assert np.array_equal(confusion, confusion_matrix(labels, preds, labels=list(range(10))))
+    ours = per_class_scores(confusion)
+    theirs = precision_recall_fscore_support(labels, preds, labels=list(range(10)), zero_division=0)[:3]
+    for mine, reference in zip(ours, theirs):
+        assert np.allclose(mine, reference)

@@ -22,7 +22,7 @@ CONFIG = {"model": "cnn-small", "epochs": 2, "lr": 0.001}
 
 def step_row(step: int, epoch: int = 0) -> dict:
     return {"step": step, "epoch": epoch, "loss": 1.0 / (step + 1), "accuracy": 0.5,
-            "lr": 1e-3, "images_per_s": 1000.0, "elapsed": step * 0.01}
+            "lr": 1e-3, "images_per_s": 1000.0, "elapsed": step * 0.01, "total": 100}
 
 
 def epoch_row(epoch: int, val: bool = True) -> dict:
