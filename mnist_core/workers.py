@@ -91,6 +91,10 @@ class WorkerPool:
         with self._lock:
             return [p.pid for p in self.processes]
 
+    def ready(self) -> int:
+        """How many workers are warm (torch, models and data loaded) and waiting for runs."""
+        return sum((self.shared_dir / f"ready-{pid}").exists() for pid in self.pids())
+
     def wake(self) -> None:
         """Tell idle workers a run is waiting (they would find it within POLL_S anyway)."""
         with self._lock:
@@ -277,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     store = RunStore(args.runs_dir)
     shared_dir = Path(args.shared_dir)
     data, data_error = load_data(args.data, shared_dir)
+    (shared_dir / f"ready-{os.getpid()}").touch()
     while not stopping.is_set() and os.getppid() == args.parent:
         record = store.claim_next(os.getpid(), HOST)
         if record is None:

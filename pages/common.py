@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import uuid
 
-import numpy as np
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from mnist_core.baselines import mean_images
+from mnist_core import summaries
 from mnist_core.config import Limits
 from mnist_core.data import DataError, Mnist, default_cache_dir, install_files, load_mnist
 from mnist_core.device import describe_device
@@ -41,6 +40,14 @@ def get_store() -> RunStore:
 
 
 @st.cache_resource(show_spinner=False)
+def warm_summaries(source: str) -> None:
+    """Start computing the data pages' figures in the background, once per server and source."""
+    data = load_data()
+    if data is not None:
+        summaries.warm(data)
+
+
+@st.cache_resource(show_spinner=False)
 def get_queue() -> JobQueue:
     """This server's handle on training: created once (at the first visit, by the sidebar), it
     recovers runs of dead processes and starts the warm workers before anyone presses Launch."""
@@ -53,12 +60,6 @@ def load_data() -> Mnist | None:
         return load_mnist(allow_download=False)
     except DataError:
         return None
-
-
-@st.cache_data(show_spinner="Averaging the training images…")
-def digit_means(_data: Mnist, source: str) -> np.ndarray:
-    """The ten mean images, 10x28x28 in [0, 1], once per data source (`_data` is not hashed)."""
-    return mean_images(_data.train_images, _data.train_labels).numpy()
 
 
 def session_id() -> str:
@@ -75,9 +76,15 @@ def limits() -> Limits:
 def sidebar() -> None:
     get_queue()  # workers warm up while the visitor reads the first page
     data = load_data()
+    if data is not None:
+        warm_summaries(data.source)
     with st.sidebar:
         st.caption("Data: " + (data.source if data else "not found — see any page"))
         st.caption("Compute: " + describe_device())
+        queue = get_queue()
+        ready, count = queue.pool.ready(), queue.pool.count
+        st.caption(f"Trainers: {ready} of {count} ready" if ready < count else
+                   f"Trainers: {count} ready" if count > 1 else "Trainer: ready")
         st.caption(f"Stored runs: {get_store().count()}")
         if limits().read_only:
             st.caption("Read-only demo: training is switched off.")

@@ -7,31 +7,19 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core.data import Mnist, pixel_stats
 from mnist_core.explore import (
     SPLITS,
     class_count_table,
     page_count,
     page_of,
-    pixel_mean_std_maps,
     select_indices,
     split_arrays,
     upscale,
 )
+from mnist_core.summaries import split_maps, split_stats
 
 PER_PAGE_CHOICES = (24, 48, 96)
 THUMB_SCALE = 3  # 28 px digits shown as 84 px squares
-
-
-@st.cache_data(show_spinner="Computing pixel statistics…")
-def split_stats(_data: Mnist, source: str, split: str) -> tuple[float, float]:
-    """Mean and std of all pixels of a split; `source` keys the cache (`_data` is not hashed)."""
-    return pixel_stats(split_arrays(_data, split)[0])
-
-
-@st.cache_data(show_spinner="Computing per-pixel maps…")
-def split_maps(_data: Mnist, source: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    return pixel_mean_std_maps(split_arrays(_data, split)[0])
 
 
 def heatmap(
@@ -122,8 +110,8 @@ st.caption(
 )
 
 st.subheader("Pixel statistics and normalisation")
-train_mean, train_std = split_stats(data, data.source, "train")
-test_mean, test_std = split_stats(data, data.source, "test")
+train_mean, train_std = split_stats(data, "train")
+test_mean, test_std = split_stats(data, "test")
 cols = st.columns(4)
 cols[0].metric("Training mean", f"{train_mean:.4f}", help=help_text("normalisation"))
 cols[1].metric("Training std", f"{train_std:.4f}", help=help_text("normalisation"))
@@ -138,7 +126,7 @@ st.markdown(
 with st.expander("Why normalise?"):
     st.write(help_text("normalisation"))
 
-mean_map, std_map = split_maps(data, data.source, split)
+mean_map, std_map = split_maps(data, split)
 st.write(
     f"Per pixel, over the {len(images):,} {split} images: where is there usually ink, and where "
     "do the images disagree most? The border is black in nearly every image, so it carries almost "

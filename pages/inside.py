@@ -1,6 +1,6 @@
 """Inside the network: what a trained model looks at, layer by layer and pixel by pixel."""
 
-from pages.common import digit_means, get_store, help_text, load_data, require_data, require_finished_runs
+from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,6 +13,7 @@ from mnist_core.models import Classifier
 from mnist_core.predict import enlarge, load_run_model, run_label
 from mnist_core.preprocess import normalise as normalise_drawing
 from mnist_core.runs import RunStoreError
+from mnist_core.summaries import digit_means
 
 TEST, DRAWN = "A test image", "The digit you drew"
 TABS = ("Learned templates", "Feature maps", "Saliency", "Embedding")
@@ -208,7 +209,7 @@ with tabs[0]:
         )
         if insight.is_linear_model(model):
             st.markdown("**Mean image of each digit** (the baseline's templates)")
-            st.plotly_chart(mosaic_figure(digit_means(data, data.source), 10, signed=False, what="digit",
+            st.plotly_chart(mosaic_figure(digit_means(data), 10, signed=False, what="digit",
                                           scale_each=False, tick_labels=True), key="inside_means")
             st.markdown("**Learned weights of each digit** (red: ink here raises the score, blue: lowers it)")
             st.plotly_chart(mosaic_figure(insight.linear_templates(model), 10, signed=True, what="digit",

@@ -1,38 +1,18 @@
 """Mean images: the average of each digit, and the no-training baseline every model must beat."""
 
-from pages.common import digit_means, help_text, require_data
+from pages.common import help_text, require_data
 
 import numpy as np
 import plotly.express as px
 import streamlit as st
 import torch
 
-from mnist_core.baselines import (
-    difference_image,
-    nearest_mean_baseline,
-    pair_similarity,
-)
-from mnist_core.data import Mnist
+from mnist_core.baselines import difference_image
 from mnist_core.explore import top_confusions
+from mnist_core.summaries import baseline, digit_means, pair_accuracy
 
 DIGITS = list(range(10))
 METRIC_NAMES = {"l2": "L2 (Euclidean)", "l1": "L1 (sum of absolute differences)"}
-
-
-@st.cache_data(show_spinner="Scoring the nearest-mean baseline on the test set…")
-def baseline(_data: Mnist, source: str, metric: str) -> tuple[float, np.ndarray]:
-    """Test accuracy and confusion matrix of nearest-mean classification with `metric`."""
-    result = nearest_mean_baseline(
-        _data.train_images, _data.train_labels, _data.test_images, _data.test_labels, metric
-    )
-    return result.accuracy, result.confusion
-
-
-@st.cache_data(show_spinner=False)
-def pair_accuracy(_data: Mnist, source: str, a: int, b: int, metric: str) -> float:
-    return pair_similarity(
-        _data.train_images, _data.train_labels, _data.test_images, _data.test_labels, a, b, metric
-    )
 
 
 data = require_data()
@@ -47,7 +27,7 @@ with st.expander("Why start with a baseline?", expanded=True):
     st.write(help_text("baseline"))
 
 st.subheader("The average of every digit")
-means = digit_means(data, data.source)
+means = digit_means(data)
 fig = px.imshow(
     means, facet_col=0, facet_col_wrap=5, facet_row_spacing=0.08, facet_col_spacing=0.02,
     color_continuous_scale="gray", zmin=0, zmax=1, labels={"color": "mean ink"},
@@ -89,7 +69,7 @@ else:
             f"the mean {a} than to the mean {b}."
         )
         for metric, name in METRIC_NAMES.items():
-            accuracy = pair_accuracy(data, data.source, a, b, metric)
+            accuracy = pair_accuracy(data, a, b, metric)
             st.metric(
                 f"{a} vs {b} accuracy, {name}", f"{accuracy:.2%}",
                 help="Share of the test images of these two digits that are closer to their own "
@@ -101,7 +81,7 @@ st.write(
     "Now the real task: every one of the 10,000 test images is compared with all ten mean "
     "images, and the nearest wins. 'Nearest' depends on how distance is measured."
 )
-scores = {metric: baseline(data, data.source, metric) for metric in METRIC_NAMES}
+scores = {metric: baseline(data, metric) for metric in METRIC_NAMES}
 cols = st.columns(len(METRIC_NAMES))
 for col, (metric, name) in zip(cols, METRIC_NAMES.items()):
     col.metric(

@@ -146,3 +146,34 @@ def test_draw_a_one_and_see_it_read(page, server, trained_run):
     screenshot(page, "draw-prediction")
     # A clean vertical stroke is a 1 even for the linear model (it read 98% "1" when written).
     assert prediction.inner_text() == "Prediction: 1"
+
+
+POINTS_JS = """() => {
+    const plot = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
+        .find(p => p.layout && p.layout.title && String(p.layout.title.text).startsWith('Training loss per step'));
+    return plot ? plot.data[0].x.length : 0;
+}"""
+
+
+def test_step_charts_grow_within_the_first_epoch(page, server):
+    """Live for real: during epoch 1 of a 1-epoch run, every poll adds plotted points."""
+    open_page(page, server, "train")
+    model = page.get_by_role("combobox", name="Model")
+    model.click()
+    page.get_by_role("option", name=re.compile(r"^mlp\b")).click()
+    page.get_by_role("spinbutton", name="Epochs").fill("1")
+    page.get_by_role("spinbutton", name="Batch size").fill("8")  # 6,750 steps: tens of seconds
+    seed_box = page.get_by_role("spinbutton", name="Seed")
+    seed_box.fill("777")
+    seed_box.press("Tab")
+    page.get_by_role("button", name="Launch training").click()
+    page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=30_000)
+    counts = []
+    for _ in range(3):
+        counts.append(page.evaluate(POINTS_JS))
+        assert "epoch 1 of 1" in page.locator('[data-testid="stProgress"]').inner_text()
+        page.wait_for_timeout(2_500)  # two polls of the page
+    assert counts[0] < counts[1] < counts[2], counts
+    screenshot(page, "train-live")
+    page.get_by_role("button", name="Stop training").click()
+    page.get_by_text(re.compile(r"^Cancelled: Stopped by request")).wait_for(timeout=30_000)

@@ -27,7 +27,6 @@ from mnist_core.history import (
     step_frame,
 )
 from mnist_core.runs import RunRecord
-from mnist_core.train import StepEvent
 
 
 def record(run_id: str, status: str = "finished", accuracy: float | None = 0.9, **config) -> RunRecord:
