@@ -1,8 +1,14 @@
 """Entry point: `streamlit run app.py`. Declares the pages and the shared sidebar."""
 
-import streamlit as st
+import os
 
-from pages.common import sidebar
+# Before torch loads (pages.common imports it): OpenMP threads that spin while waiting steal the
+# cores the training workers need on a small machine. See mnist_core/workers.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
+
+from pages.common import sidebar  # noqa: E402
 
 st.set_page_config(page_title="MNIST learning dashboard", page_icon=":material/edit:", layout="wide")
 

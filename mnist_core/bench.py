@@ -2,6 +2,7 @@
 
     python -m mnist_core.bench            # everything (cnn-best takes several minutes on a CPU)
     python -m mnist_core.bench --quick    # throughput and one cnn-fast run only
+    python -m mnist_core.bench --classroom  # the dashboard's run path through a server and browser
 
 (a) reference: torchvision ToTensor + Normalize through a DataLoader, batch 64, Adam 1e-3, cnn-small.
 (b) engine: `mnist_core.train` with the same model, batch size and optimizer.
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from mnist_core.config import RECIPES, TrainConfig
 from mnist_core.data import MEAN, STD, Mnist, load_mnist
-from mnist_core.device import describe_device
+from mnist_core.device import cpu_header, describe_device
 from mnist_core.models import build_model
 from mnist_core.train import train
 
@@ -88,9 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_core.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip cnn-best and use one cnn-fast seed")
     parser.add_argument("--seeds", type=int, default=3, help="cnn-fast seeds (median reported)")
+    parser.add_argument("--classroom", action="store_true",
+                        help="launch latency and throughput under polling, through a real server and browser")
     args = parser.parse_args(argv)
+    if args.classroom:
+        from mnist_core.bench_classroom import main as classroom
+
+        return classroom()
     data = load_mnist()
-    print(f"device: {describe_device(torch.device('cpu'))}, torch {torch.__version__}")
+    print(cpu_header())
+    print(f"device: {describe_device(torch.device('cpu'))}")
 
     # Interleaved, so a machine that slows down as it warms up does not favour either side.
     ref_first = reference_epoch(data)

@@ -78,7 +78,7 @@ class WorkerPool:
         atexit.register(self.shutdown)
 
     def _start(self) -> subprocess.Popen:
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(self.threads)}
+        env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(self.threads)}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         return subprocess.Popen(
             [sys.executable, "-m", "mnist_core.workers", "--runs-dir", str(self.runs_root), "--data", self.data,

@@ -7,21 +7,15 @@ cannot: it skips the frontend, custom components (the drawing canvas) and the se
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from mnist_core import serve
+from mnist_core.serve import Server, descendants, memory_of  # noqa: F401  (used by the tests)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -47,116 +41,17 @@ PAGES = {
 }
 
 
-@dataclass
-class Server:
-    """A running dashboard: its address, process, private run store and captured log."""
-
-    url: str
-    process: subprocess.Popen
-    runs_dir: Path
-    log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def memory_bytes(self) -> int:
-        """Memory of the server and all its descendants (training runs in child processes forked
-        from a preloaded fork server). Counted as PSS, so pages the children share with the fork
-        server (torch's libraries) count once, not once per process as plain RSS would."""
-        return sum(memory_of(pid) for pid in [self.process.pid, *descendants(self.process.pid)])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children_of(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task")
-    found: list[int] = []
-    for task in path.glob("*/children") if path.exists() else []:
-        try:
-            found += [int(child) for child in task.read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def descendants(pid: int) -> list[int]:
-    pending, found = children_of(pid), []
-    while pending:
-        child = pending.pop()
-        found.append(child)
-        pending += children_of(child)
-    return found
-
-
-def memory_of(pid: int) -> int:
-    """Proportional set size (Pss, from smaps_rollup) in bytes, falling back to VmRSS where the
-    kernel lacks smaps_rollup; 0 when the process is gone."""
-    for path, field in ((f"/proc/{pid}/smaps_rollup", "Pss"), (f"/proc/{pid}/status", "VmRSS")):
-        try:
-            text = Path(path).read_text()
-        except OSError:
-            continue
-        match = re.search(rf"^{field}:\s+(\d+)\s+kB", text, re.MULTILINE)
-        if match:
-            return int(match.group(1)) * 1024
-    return 0
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    """Poll /_stcore/health until it says "ok"; fail with the server's log if it dies or hangs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read().decode().strip() == "ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"streamlit did not answer /_stcore/health within {timeout:.0f} s:\n"
-                f"{log.read_text(errors='replace')}")
-
-
 @contextmanager
-def streamlit_server() -> Iterator[Server]:
-    """Start `streamlit run app.py` on a free loopback port with its own empty run store, which
-    is deleted afterwards (read the log and the store inside the `with`)."""
+def streamlit_server(env_overrides: dict[str, str] | None = None) -> Iterator[Server]:
+    """The dashboard in a child process (mnist_core.serve), skipped without MNIST data and
+    failing the test with the server's log if it does not come up."""
     if not os.environ.get("MNIST_DATA_DIR"):
         pytest.skip("MNIST_DATA_DIR is not set")
-    workdir = Path(tempfile.mkdtemp(prefix="mnist-browser-"))
-    runs_dir, log = workdir / "runs", workdir / "streamlit.log"
-    env = {**os.environ, "MNIST_RUNS_DIR": str(runs_dir)}
-    for cap in ("MNIST_MAX_EPOCHS", "MNIST_READ_ONLY"):  # the tests need training switched on
-        env.pop(cap, None)
-    # On a small shared machine torch's OpenMP threads spin-wait for each other when the cores are
-    # busy: one epoch of `linear` measured 20-50 s with 2 threads against 3-5 s with one.
-    env.setdefault("OMP_NUM_THREADS", "1")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-        )
     try:
-        wait_healthy(url, process, log)
-        yield Server(url, process, runs_dir, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        with serve.streamlit_server(env_overrides) as server:
+            yield server
+    except serve.ServerError as error:
+        pytest.fail(str(error))
 
 
 def require_chromium() -> None:

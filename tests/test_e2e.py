@@ -150,8 +150,10 @@ def test_draw_a_one_and_see_it_read(page, server, trained_run):
 
 POINTS_JS = """() => {
     const plot = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
-        .find(p => p.layout && p.layout.title && String(p.layout.title.text).startsWith('Training loss per step'));
-    return plot ? plot.data[0].x.length : 0;
+        .find(p => p.data && p.layout && p.layout.xaxis && p.layout.xaxis.title
+                   && JSON.stringify(p.layout.xaxis.title).includes('step (batch)'));
+    // Plotly decodes the base64 arrays Streamlit sends into _fullData; _length is the point count.
+    return plot && plot._fullData && plot._fullData[0] ? plot._fullData[0]._length : 0;
 }"""
 
 
@@ -167,7 +169,11 @@ def test_step_charts_grow_within_the_first_epoch(page, server):
     seed_box.fill("777")
     seed_box.press("Tab")
     page.get_by_role("button", name="Launch training").click()
-    page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=30_000)
+    try:
+        page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=30_000)
+    except Exception:
+        screenshot(page, "train-live-failed")
+        raise
     counts = []
     for _ in range(3):
         counts.append(page.evaluate(POINTS_JS))

@@ -1,0 +1,147 @@
+"""Classroom benchmark: the dashboard's run path measured through a real server and browser.
+
+    python -m mnist_core.bench --classroom
+
+Needs the test requirements (playwright) and Debian's chromium. Prints:
+- one Launch of `linear`, 1 epoch, on an idle warm server: click -> queued -> started -> first
+  stored step -> first plotted step -> finished;
+- a worker's training throughput (cnn-small) alone and while 8 tabs poll the server, for the
+  thread count and OpenMP wait policy chosen by default and for the alternatives.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from mnist_core.config import Limits, TrainConfig
+from mnist_core.device import cpu_header
+from mnist_core.jobs import run_id_for, submit
+from mnist_core.runs import RunStore
+from mnist_core.serve import Server, streamlit_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+IDLE_JS = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    const main = document.querySelector('[data-testid="stMain"]');
+    return !!(app && main && app.getAttribute('data-test-script-state') === 'notRunning' && main.querySelector('h1'));
+}"""
+POINTS_JS = """() => {
+    const plot = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
+        .find(p => p.data && p.layout && p.layout.xaxis && p.layout.xaxis.title
+                   && JSON.stringify(p.layout.xaxis.title).includes('step (batch)'));
+    // Plotly decodes the base64 arrays Streamlit sends into _fullData; _length is the point count.
+    return plot && plot._fullData && plot._fullData[0] ? plot._fullData[0]._length : 0;
+}"""
+TABS = 8
+LONG = TrainConfig(model="cnn-small", epochs=3, batch_size=64, seed=4242)
+
+
+def warm(browser, server: Server) -> None:
+    """Open the link once and wait until the sidebar says the trainers are warm."""
+    page = browser.new_page()
+    deadline = time.monotonic() + 120
+    page.goto(server.url)
+    while not page.locator('[data-testid="stSidebar"]').get_by_text(re.compile(r"^Trainers?: (\d+ )?ready$")).count():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the trainers never became ready")
+        time.sleep(1)
+        page.reload()
+        page.wait_for_function(IDLE_JS, timeout=60_000)
+    page.close()
+
+
+def launch_latency(browser, server: Server, seed: int) -> dict[str, float]:
+    """Seconds from the Launch click to each stage of one linear run."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{server.url}/train")
+    page.wait_for_function(IDLE_JS, timeout=60_000)
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name=re.compile(r"^linear\b")).click()
+    page.get_by_role("spinbutton", name="Epochs").fill("1")
+    seed_box = page.get_by_role("spinbutton", name="Seed")
+    seed_box.fill(str(seed))
+    seed_box.press("Tab")
+    clicked = time.time()
+    page.get_by_role("button", name="Launch training").click()
+    page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=60_000, polling=50)
+    plotted = time.time()
+    page.get_by_text(re.compile(r"Finished: test accuracy")).wait_for(timeout=60_000)
+    shown_finished = time.time()
+    page.close()
+    store = RunStore(server.runs_dir)
+    run = store.get_run(run_id_for(TrainConfig(model="linear", epochs=1, seed=seed)))
+    first = store.steps(run.id)[0]
+    return {
+        "queued": run.created - clicked, "started": run.started - clicked,
+        "first step stored": run.started + first["elapsed"] - clicked, "first step plotted": plotted - clicked,
+        "finished": run.finished - clicked, "finished shown": shown_finished - clicked,
+    }
+
+
+def images_per_s(store: RunStore, run_id: str, seconds: float) -> float:
+    """Training throughput over the next `seconds`, from the run's stored steps."""
+    def last() -> dict:
+        row = store.last_step(run_id)
+        while row is None:
+            time.sleep(0.2)
+            row = store.last_step(run_id)
+        return row
+
+    first = last()
+    time.sleep(seconds)
+    second = last()
+    return (second["step"] - first["step"]) * LONG.batch_size / max(second["elapsed"] - first["elapsed"], 1e-9)
+
+
+def throughput(browser, server: Server) -> tuple[float, float]:
+    """(alone, with TABS tabs watching the run live) images/s of a cnn-small run."""
+    store = RunStore(server.runs_dir)
+    run_id = submit(store, LONG, "bench", Limits(max_epochs=100)).run_id
+    while store.get_run(run_id).status == "queued" or store.last_step(run_id) is None:
+        time.sleep(0.2)
+    time.sleep(2)
+    alone = images_per_s(store, run_id, 8)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pages = [context.new_page() for _ in range(TABS)]
+    for page in pages:
+        page.goto(f"{server.url}/train?run={run_id}")
+    for page in pages:
+        page.wait_for_function(IDLE_JS, timeout=60_000)
+    polled = images_per_s(store, run_id, 10)
+    context.close()
+    store.request_stop(run_id)
+    return alone, polled
+
+
+def main() -> int:
+    from playwright.sync_api import sync_playwright
+
+    if not os.environ.get("MNIST_DATA_DIR"):
+        print("set MNIST_DATA_DIR to the folder holding MNIST's four IDX files")
+        return 2
+    print(cpu_header())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        with streamlit_server() as server:
+            warm(browser, server)
+            print("Launch of linear, 1 epoch, on an idle warm server (seconds after the click):")
+            for seed in (9001, 9002, 9003):
+                stages = launch_latency(browser, server, seed)
+                print("  " + ", ".join(f"{name} {value:.2f}" for name, value in stages.items()))
+        print(f"cnn-small (batch 64) throughput in a worker, alone and while {TABS} tabs poll the Train page:")
+        for threads, policy in (("", "PASSIVE"), ("2", "PASSIVE"), ("2", "ACTIVE"), ("1", "ACTIVE")):
+            overrides = {"OMP_WAIT_POLICY": policy, "MNIST_TRAIN_THREADS": threads}
+            with streamlit_server(overrides) as server:
+                warm(browser, server)
+                alone, polled = throughput(browser, server)
+            label = f"threads {threads or 'default'}, OMP_WAIT_POLICY={policy}"
+            print(f"  {label:<40} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
+                  f"({polled / alone:.2f}x)", flush=True)
+        browser.close()
+    return 0
