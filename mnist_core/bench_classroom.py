@@ -39,7 +39,7 @@ POINTS_JS = """() => {
     return plot && plot._fullData && plot._fullData[0] ? plot._fullData[0]._length : 0;
 }"""
 TABS = 8
-LONG = TrainConfig(model="cnn-small", epochs=3, batch_size=64, seed=4242)
+LONG = TrainConfig(model="cnn-small", epochs=20, batch_size=64, seed=4242)  # stopped once measured
 
 
 def warm(browser, server: Server) -> None:

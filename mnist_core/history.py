@@ -134,6 +134,16 @@ def step_frame(rows: Sequence[dict], alpha: float = 0.1) -> pd.DataFrame:
     return frame
 
 
+def thin(frame: pd.DataFrame, max_points: int = 400) -> pd.DataFrame:
+    """At most about `max_points` evenly spaced rows, always keeping the last: a chart of a long
+    run looks the same, but a browser redraws (and a server sends) a fraction of the points."""
+    if len(frame) <= max_points:
+        return frame
+    stride = math.ceil(len(frame) / max_points)
+    keep = list(range(0, len(frame) - 1, stride)) + [len(frame) - 1]
+    return frame.iloc[keep]
+
+
 def curves_frame(store: RunStore, run_ids: Sequence[str], kind: str = "epoch", alpha: float = 0.1) -> pd.DataFrame:
     """Curves of several runs stacked in long format with a `run_id` column, for overlays.
 

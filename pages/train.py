@@ -21,6 +21,7 @@ from mnist_core.history import (
     progress_from_step,
     settings_for_form,
     step_frame,
+    thin,
 )
 from mnist_core.jobs import current
 from mnist_core.models import MODELS
@@ -181,10 +182,13 @@ def metrics_revision(record: RunRecord, last_step: dict | None) -> tuple:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def loss_accuracy_step_figures(run_id: str, revision: tuple) -> tuple[go.Figure, go.Figure] | None:
-    """Per-step loss and accuracy: the raw noisy batch values, faint, and their EMA, bold."""
-    frame = step_frame(get_store().steps(run_id), SMOOTHING)
-    if frame.empty:
+def loss_accuracy_step_figures(run_id: str, revision: tuple, active: bool) -> tuple[go.Figure, go.Figure] | None:
+    """Per-step loss and accuracy: the raw noisy batch values, faint, and their EMA, bold.
+
+    An active run gets its (empty) axes before its first step: the charts are in place, and the
+    browser has loaded its charting code, by the time the first points arrive."""
+    frame = thin(step_frame(get_store().steps(run_id), SMOOTHING))  # smoothed over all, drawn thinned
+    if frame.empty and not active:
         return None
     figures = []
     for metric, title in (("loss", "Training loss per step"), ("accuracy", "Batch accuracy per step")):
@@ -262,13 +266,13 @@ def show_run(record: RunRecord) -> None:
                       help="Share of the 10,000 test images this model classifies correctly.")
             st.page_link("pages/evaluate.py", label="Evaluate this run: confusion matrix, mistakes, per-digit scores",
                          icon=":material/analytics:", query_params={"run": record.id})
-    if record.status == "queued":
-        return
-    steps = loss_accuracy_step_figures(record.id, metrics_revision(record, last_step))
+    steps = loss_accuracy_step_figures(record.id, metrics_revision(record, last_step), record.active)
     if steps is not None:
         left, right = st.columns(2)
         left.plotly_chart(steps[0], key=f"steps_loss_{record.id}")
         right.plotly_chart(steps[1], key=f"steps_accuracy_{record.id}")
+    if record.status == "queued":
+        return
     epochs = epoch_figures(record.id, (record.created, record.epochs_done, record.status))
     if epochs is not None:
         left, right = st.columns(2)
@@ -278,16 +282,26 @@ def show_run(record: RunRecord) -> None:
         st.caption("Per-epoch train / validation / test curves appear after the first epoch.")
 
 
-@st.fragment(run_every=1.0)
-def live_run(run_id: str) -> None:
-    """Re-read the store every second while the run is active: a poll costs the server a few
-    milliseconds when nothing moved (figures are cached by the latest step), so many watching
-    tabs still leave the trainer its CPU. When the run ends, rerun the whole page so the final
-    view is drawn once by the non-polling path."""
-    record = current(get_store(), run_id)
-    if record is None or not record.active:
-        st.rerun()
-    show_run(record)
+FIRST_POLL_S = 0.5  # until the run's first step is drawn: "launch -> first point" stays short
+POLL_S = 2.0  # then: measured, each poll costs the server ~85 ms per watching tab (figures sent)
+
+
+def live_run(run_id: str, waiting_for_steps: bool) -> None:
+    """Re-read the store while the run is active: every FIRST_POLL_S until its first step is
+    drawn, then every POLL_S (often enough to look live, rarely enough that a class of watching
+    tabs leaves the trainer its CPU). When the run ends, or its first step arrives, rerun the
+    whole page, which draws the final view once or polls at the slower pace."""
+
+    def poll() -> None:
+        record = current(get_store(), run_id)
+        if record is None or not record.active:
+            st.rerun()
+        if waiting_for_steps and get_store().last_step(run_id) is not None:
+            st.rerun()
+        show_run(record)
+
+    poll.__qualname__ = f"live_run_{'first' if waiting_for_steps else 'steady'}"  # one fragment per pace
+    st.fragment(poll, run_every=FIRST_POLL_S if waiting_for_steps else POLL_S)()
 
 
 read_only = limits().read_only
@@ -325,7 +339,7 @@ else:
     remember(record.id)  # also puts ?run= back into a URL that lost it
     show_notice(record)
     if record.active:
-        live_run(record.id)
+        live_run(record.id, waiting_for_steps=get_store().last_step(record.id) is None)
     else:
         show_run(record)
     st.button(

@@ -25,6 +25,7 @@ from mnist_core.history import (
     settings_for_form,
     smooth,
     step_frame,
+    thin,
 )
 from mnist_core.runs import RunRecord
 
@@ -213,3 +214,12 @@ def test_accuracy_range_pads_the_data_but_stays_within_0_and_1():
     assert accuracy_range([0.9176]) == pytest.approx([0.9126, 0.9226])
     assert accuracy_range([0.5, 0.999]) == pytest.approx([0.4501, 1.0])
     assert accuracy_range([float("nan"), None]) == [0.0, 1.0]
+
+
+def test_thin_keeps_the_shape_the_ends_and_short_frames():
+    frame = pd.DataFrame({"step": range(1, 1001), "loss": np.linspace(2.0, 0.1, 1000)})
+    thinned = thin(frame, max_points=100)
+    assert 90 <= len(thinned) <= 101
+    assert thinned["step"].iloc[0] == 1 and thinned["step"].iloc[-1] == 1000  # both ends kept
+    assert thinned["step"].is_monotonic_increasing
+    assert thin(frame.head(50), max_points=100).equals(frame.head(50))
