@@ -240,10 +240,6 @@ class JobQueue:
         """1-based place in the waiting line, or None when not waiting."""
         return next((w.position for w in self.waiting() if w.run_id == run_id), None)
 
-    def is_active(self, run_id: str) -> bool:
-        record = current(self.store, run_id)
-        return record is not None and record.active
-
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the workers (tests and process exit); a run in training ends as interrupted."""
         self.pool.shutdown(timeout)

@@ -424,15 +424,6 @@ class RunStore:
             if not found:
                 raise RunStoreError(f"unknown run {run_id!r}")
 
-    def reset_run(self, run_id: str, config: dict) -> None:
-        """Queue an ended run again with `config`, from scratch: metrics, results, weights and
-        other tensor files go; `created` becomes now, so it queues behind earlier submissions."""
-        check_run_id(run_id)
-        payload = to_json(check_config(config), "config")
-        with self._write() as conn:
-            self._require_inactive(run_id, "reset", conn)
-            self._reset(conn, run_id, payload, owner=None, worker=None)
-
     def _reset(self, conn: sqlite3.Connection, run_id: str, payload: str, owner: str | None,
                worker: tuple[int, str] | None) -> None:
         """Inside a write transaction: the run starts over, queued (or running for `worker`).
@@ -555,7 +546,9 @@ class RunStore:
         """Remove the run's rows and files; refused while queued or running (a worker owns it)."""
         check_run_id(run_id)
         self._require_inactive(run_id, "delete")
-        self._remove_folder(run_id)  # files first, for the same reason as in reset_run
+        # Files first: should we crash between the two steps, the run is an ended run without
+        # weights (which the dashboard shows and can retrain), never a row pointing at stale files.
+        self._remove_folder(run_id)
         with self._write() as conn:
             self._require_inactive(run_id, "delete", conn)
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # steps and epochs cascade

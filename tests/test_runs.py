@@ -209,7 +209,7 @@ def test_invalid_run_ids_are_refused(store: RunStore, bad: object) -> None:
         lambda: store.load_tensors(bad, "weights"),  # type: ignore[arg-type]
         lambda: store.has_tensors(bad, "weights"),  # type: ignore[arg-type]
         lambda: store.delete_run(bad),  # type: ignore[arg-type]
-        lambda: store.reset_run(bad, CONFIG),  # type: ignore[arg-type]
+        lambda: store.enqueue(bad, CONFIG),  # type: ignore[arg-type]
     ):
         with pytest.raises(RunStoreError, match="invalid run id"):
             call()
@@ -262,7 +262,7 @@ def test_delete_removes_rows_and_folder_and_refuses_active_runs(store: RunStore)
     assert store.steps("r1") == []
 
 
-def test_reset_run_clears_metrics_weights_and_results(store: RunStore) -> None:
+def test_enqueue_after_an_ended_attempt_starts_afresh_and_reuses_or_joins_otherwise(store: RunStore) -> None:
     store.create_run("r1", CONFIG)
     store.set_status("r1", "running")
     store.add_steps("r1", [step_row(0)])
@@ -270,20 +270,21 @@ def test_reset_run_clears_metrics_weights_and_results(store: RunStore) -> None:
     store.update_run("r1", device="cpu", test_accuracy=0.5, epochs_done=1, summary={"x": 1})
     store.save_weights("r1", {"w": torch.ones(2)})
     store.save_tensors("r1", "confusion", {"m": torch.ones(10, 10)})
-    with pytest.raises(RunStoreError, match="while it is running"):
-        store.reset_run("r1", CONFIG)
+    assert store.enqueue("r1", CONFIG, "bob") == "joined"  # running: nothing changes
+    assert store.get_run("r1").epochs_done == 1
     store.set_status("r1", "interrupted", "server stopped")
     new_config = {**CONFIG, "epochs": 3}
-    store.reset_run("r1", new_config)
+    assert store.enqueue("r1", new_config, "bob") == "queued"
     run = store.get_run("r1")
-    assert run.status == "queued" and run.config == new_config and run.message == ""
+    assert run.status == "queued" and run.config == new_config and run.message == "" and run.owner == "bob"
     assert (run.started, run.finished, run.test_accuracy, run.epochs_done, run.summary, run.device) == (
         None, None, None, 0, {}, ""
     )
     assert store.steps("r1") == [] and store.epochs("r1") == []
     assert store.tensor_names("r1") == [] and not (store.root / "weights" / "r1").exists()
-    with pytest.raises(RunStoreError, match="unknown run"):
-        store.reset_run("nope", CONFIG)
+    assert store.claim_next(123, "here").id == "r1" and store.claim_next(124, "here") is None  # claimed once
+    store.transition("r1", "finished")
+    assert store.enqueue("r1", new_config, "carol") == "cached"
 
 
 def test_reopening_sees_everything(tmp_path: Path) -> None:
