@@ -31,6 +31,7 @@ IDLE_JS = """() => {
     const main = document.querySelector('[data-testid="stMain"]');
     return !!(app && main && app.getAttribute('data-test-script-state') === 'notRunning' && main.querySelector('h1'));
 }"""
+# How many points the Train page's step-loss chart shows (also read by the browser tests).
 POINTS_JS = """() => {
     const plot = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
         .find(p => p.data && p.layout && p.layout.xaxis && p.layout.xaxis.title

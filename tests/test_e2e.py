@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from mnist_core.bench_classroom import POINTS_JS  # the step chart's point count, as the bench reads it
 from tests.browser import (
     PAGES,
     WATCH_EXCEPTIONS_JS,
@@ -146,15 +147,6 @@ def test_draw_a_one_and_see_it_read(page, server, trained_run):
     screenshot(page, "draw-prediction")
     # A clean vertical stroke is a 1 even for the linear model (it read 98% "1" when written).
     assert prediction.inner_text() == "Prediction: 1"
-
-
-POINTS_JS = """() => {
-    const plot = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
-        .find(p => p.data && p.layout && p.layout.xaxis && p.layout.xaxis.title
-                   && JSON.stringify(p.layout.xaxis.title).includes('step (batch)'));
-    // Plotly decodes the base64 arrays Streamlit sends into _fullData; _length is the point count.
-    return plot && plot._fullData && plot._fullData[0] ? plot._fullData[0]._length : 0;
-}"""
 
 
 def test_step_charts_grow_within_the_first_epoch(page, server):
