@@ -31,13 +31,15 @@ IDLE_JS = """() => {
     const main = document.querySelector('[data-testid="stMain"]');
     return !!(app && main && app.getAttribute('data-test-script-state') === 'notRunning' && main.querySelector('h1'));
 }"""
-# How many points the Train page's step-loss chart shows (also read by the browser tests).
+# The last step the Train page's step-loss chart shows, 0 before it has any (also read by the
+# browser tests). The step, not the point count: long curves are drawn thinned to 400 points.
 POINTS_JS = """() => {
     const plot = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
         .find(p => p.data && p.layout && p.layout.xaxis && p.layout.xaxis.title
                    && JSON.stringify(p.layout.xaxis.title).includes('step (batch)'));
-    // Plotly decodes the base64 arrays Streamlit sends into _fullData; _length is the point count.
-    return plot && plot._fullData && plot._fullData[0] ? plot._fullData[0]._length : 0;
+    // Plotly decodes the base64 arrays Streamlit sends into _fullData.
+    const trace = plot && plot._fullData && plot._fullData[0];
+    return trace && trace._length ? Number(trace.x[trace._length - 1]) : 0;
 }"""
 TABS = 8
 LONG = TrainConfig(model="cnn-small", epochs=20, batch_size=64, seed=4242)  # stopped once measured

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from mnist_core.bench_classroom import POINTS_JS  # the step chart's point count, as the bench reads it
+from mnist_core.bench_classroom import POINTS_JS  # the step chart's last plotted step, as the bench reads it
 from tests.browser import (
     PAGES,
     WATCH_EXCEPTIONS_JS,
@@ -150,7 +150,7 @@ def test_draw_a_one_and_see_it_read(page, server, trained_run):
 
 
 def test_step_charts_grow_within_the_first_epoch(page, server):
-    """Live for real: during epoch 1 of a 1-epoch run, every poll adds plotted points."""
+    """Live for real: during epoch 1 of a 1-epoch run, every poll plots later steps."""
     open_page(page, server, "train")
     model = page.get_by_role("combobox", name="Model")
     model.click()
@@ -166,12 +166,12 @@ def test_step_charts_grow_within_the_first_epoch(page, server):
     except Exception:
         screenshot(page, "train-live-failed")
         raise
-    counts = []
+    last_steps = []
     for _ in range(3):
-        counts.append(page.evaluate(POINTS_JS))
+        last_steps.append(page.evaluate(POINTS_JS))
         assert "epoch 1 of 1" in page.locator('[data-testid="stProgress"]').inner_text()
         page.wait_for_timeout(4_500)  # at least two polls of the page (one every 2 s)
-    assert counts[0] < counts[1] < counts[2], counts
+    assert last_steps[0] < last_steps[1] < last_steps[2], last_steps
     screenshot(page, "train-live")
     page.get_by_role("button", name="Stop training").click()
     page.get_by_text(re.compile(r"^Cancelled: Stopped by request")).wait_for(timeout=30_000)
