@@ -236,9 +236,14 @@ class JobQueue:
     def waiting(self) -> list[Waiting]:
         return waiting_line(self.store, self.limits.max_concurrent)
 
+    def place(self, run_id: str) -> Waiting | None:
+        """A queued run's place and estimated start, or None when it is not waiting."""
+        return next((w for w in self.waiting() if w.run_id == run_id), None)
+
     def position(self, run_id: str) -> int | None:
         """1-based place in the waiting line, or None when not waiting."""
-        return next((w.position for w in self.waiting() if w.run_id == run_id), None)
+        place = self.place(run_id)
+        return place.position if place else None
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the workers (tests and process exit); a run in training ends as interrupted."""

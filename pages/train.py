@@ -227,7 +227,7 @@ def show_progress(record: RunRecord, last_step: dict | None) -> None:
     """Place in line and estimated start while waiting; a progress bar with epoch, ETA and speed
     while training. Both come from the store, whichever server or worker handles the run."""
     if record.status == "queued":
-        place = next((w for w in get_queue().waiting() if w.run_id == record.id), None)
+        place = get_queue().place(record.id)
         if place is None:
             st.info("Queued: waiting for a free trainer.")
             return
