@@ -6,11 +6,23 @@ import os
 # cores the training workers need on a small machine. See mnist_core/workers.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import signal  # noqa: E402
+import sys  # noqa: E402
+
 import streamlit as st  # noqa: E402
 
+from mnist_core.config import SettingError, check_settings  # noqa: E402
 from pages.common import sidebar  # noqa: E402
 
 st.set_page_config(page_title="MNIST learning dashboard", page_icon=":material/edit:", layout="wide")
+
+try:
+    check_settings()
+except SettingError as err:  # the operator reads why in the log; visitors learn nothing internal
+    print(f"MNIST dashboard: stopping the server: wrong setting {err}", file=sys.stderr, flush=True)
+    st.error("This dashboard is misconfigured and has stopped. Its operator has been told why.")
+    os.kill(os.getpid(), signal.SIGTERM)
+    st.stop()
 
 navigation = st.navigation(
     {

@@ -6,7 +6,7 @@ Needs the test requirements (playwright) and Debian's chromium. Prints:
 - one Launch of `linear`, 1 epoch, on an idle warm server: click -> queued -> started -> first
   stored step -> first plotted step -> finished;
 - a worker's training throughput (cnn-small) alone and while 8 tabs poll the server, for the
-  thread count and OpenMP wait policy chosen by default and for the alternatives.
+  thread count, niceness and OpenMP wait policy chosen by default and for the alternatives.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def launch_latency(browser, server: Server, seed: int) -> dict[str, float]:
     seed_box = page.get_by_role("spinbutton", name="Seed")
     seed_box.fill(str(seed))
     seed_box.press("Tab")
+    page.get_by_role("textbox", name="Your name (shown on your runs)").fill(f"Bench {seed}")  # a first visit
     clicked = time.time()
     page.get_by_role("button", name="Launch training").click()
     page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=60_000, polling=50)
@@ -105,7 +106,7 @@ def images_per_s(store: RunStore, run_id: str, seconds: float) -> float:
 def throughput(browser, server: Server) -> tuple[float, float]:
     """(alone, with TABS tabs watching the run live) images/s of a cnn-small run."""
     store = RunStore(server.runs_dir)
-    run_id = submit(store, LONG, "bench", Limits(max_epochs=100)).run_id
+    run_id = submit(store, LONG, "bench", Limits(max_epochs=100)).run_id  # owned by "bench": the tabs only watch
     while store.get_run(run_id).status == "queued" or store.last_step(run_id) is None:
         time.sleep(0.2)
     time.sleep(2)
@@ -138,13 +139,14 @@ def main() -> int:
                 stages = launch_latency(browser, server, seed)
                 print("  " + ", ".join(f"{name} {value:.2f}" for name, value in stages.items()))
         print(f"cnn-small (batch 64) throughput in a worker, alone and while {TABS} tabs poll the Train page:")
-        for threads, policy in (("", "PASSIVE"), ("2", "PASSIVE"), ("2", "ACTIVE"), ("1", "ACTIVE")):
-            overrides = {"OMP_WAIT_POLICY": policy, "MNIST_TRAIN_THREADS": threads}
+        for threads, policy, nice in (("", "PASSIVE", ""), ("", "PASSIVE", "0"), ("2", "ACTIVE", "0"),
+                                      ("1", "PASSIVE", "")):
+            overrides = {"OMP_WAIT_POLICY": policy, "MNIST_TRAIN_THREADS": threads, "MNIST_TRAIN_NICE": nice}
             with streamlit_server(overrides) as server:
                 warm(browser, server)
                 alone, polled = throughput(browser, server)
-            label = f"threads {threads or 'default'}, OMP_WAIT_POLICY={policy}"
-            print(f"  {label:<40} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
+            label = f"threads {threads or 'default'}, nice {nice or 'default'}, OMP_WAIT_POLICY={policy}"
+            print(f"  {label:<55} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
                   f"({polled / alone:.2f}x)", flush=True)
         browser.close()
     return 0

@@ -51,6 +51,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
+        # One spelling per value: epochs=1.0 and epochs=1 are one run, with one id.
+        for name, (_, _, kind) in RANGES.items():
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.time_budget_s is not None:
+            object.__setattr__(self, "time_budget_s", float(self.time_budget_s))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,31 +124,69 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("extra", "must be empty")
 
 
+class SettingError(ValueError):
+    """A deployment setting (environment variable) has a value this code does not accept."""
+
+    def __init__(self, variable: str, message: str):
+        super().__init__(f"{variable}: {message}")
+        self.variable = variable
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def env_whole(name: str, default: int, low: int = 1, high: int = 1_000_000) -> int:
+    """A whole-number setting; a value that is not one, or out of range, is an error naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(name, f"must be a whole number from {low} to {high}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingError(name, f"must be from {low} to {high}, got {value}")
+    return value
+
+
+def env_flag(name: str) -> bool:
+    """An on/off setting: 1/true/yes/on or 0/false/no/off (or unset); anything else is an error."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise SettingError(name, f"must be one of 1/true/yes/on or 0/false/no/off, got {os.environ[name]!r}")
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Caps for a shared deployment, read from environment variables (see README)."""
+    """Caps for a shared deployment, read from environment variables (see README).
+
+    Waiting runs are counted per person (by owner, in the store, whatever tab or server they
+    used) and per server, so reloading a tab or opening four does not reset a limit."""
 
     max_epochs: int = 100
     max_batch_size: int = 8192
-    max_queued_per_session: int = 3
+    max_queued_per_person: int = 3
+    max_queued_total: int = 30
     max_concurrent: int = 1
     read_only: bool = False
 
     @classmethod
     def from_env(cls) -> Limits:
-        def number(name: str, default: int) -> int:
-            raw = os.environ.get(name)
-            try:
-                return max(1, int(raw)) if raw else default
-            except ValueError:
-                return default
-
+        """The deployment's caps; raises SettingError naming the first variable with a bad value."""
+        per_person = "MNIST_MAX_QUEUED_PER_PERSON"
+        if not os.environ.get(per_person, "").strip() and os.environ.get("MNIST_MAX_QUEUED_PER_SESSION", "").strip():
+            per_person = "MNIST_MAX_QUEUED_PER_SESSION"  # the earlier name, still understood
         return cls(
-            max_epochs=number("MNIST_MAX_EPOCHS", cls.max_epochs),
-            max_batch_size=number("MNIST_MAX_BATCH_SIZE", cls.max_batch_size),
-            max_queued_per_session=number("MNIST_MAX_QUEUED_PER_SESSION", cls.max_queued_per_session),
-            max_concurrent=number("MNIST_MAX_CONCURRENT_TRAININGS", cls.max_concurrent),
-            read_only=os.environ.get("MNIST_READ_ONLY", "").lower() in ("1", "true", "yes"),
+            max_epochs=env_whole("MNIST_MAX_EPOCHS", cls.max_epochs, 1, 1000),
+            max_batch_size=env_whole("MNIST_MAX_BATCH_SIZE", cls.max_batch_size, 1, 65536),
+            max_queued_per_person=env_whole(per_person, cls.max_queued_per_person, 1, 1000),
+            max_queued_total=env_whole("MNIST_MAX_QUEUED", cls.max_queued_total, 1, 10000),
+            max_concurrent=env_whole("MNIST_MAX_CONCURRENT_TRAININGS", cls.max_concurrent, 1, 64),
+            read_only=env_flag("MNIST_READ_ONLY"),
         )
 
     def check(self, config: TrainConfig) -> None:
@@ -156,6 +199,16 @@ class Limits:
             raise ConfigError(
                 "batch_size", f"{config.batch_size} exceeds this deployment's limit of {self.max_batch_size}"
             )
+
+
+def check_settings() -> None:
+    """Read every deployment setting once, so that a wrong value stops the server at once with
+    a SettingError naming the variable, instead of silently meaning something else."""
+    from mnist_core.workers import default_nice, default_threads  # late: workers imports this module
+
+    limits = Limits.from_env()
+    default_threads(limits.max_concurrent)
+    default_nice()
 
 
 # Tuned starting points, offered by the Train page and measured by `python -m mnist_core.bench`.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import struct
 import tempfile
@@ -17,10 +18,12 @@ import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
+
+from mnist_core.config import Limits
 
 # File stems and the MD5 of each file's *decompressed* bytes (the published values).
 FILES: dict[str, str] = {
@@ -40,6 +43,12 @@ LABEL_MAGIC = 0x00000801
 IMAGE_MAGIC = 0x00000803
 # The largest decompressed file we accept: the real training images are 47 MB.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+# One upload: at most the four files, each no larger than the raw training images (47,040,016
+# bytes) plus slack, all together no larger than the raw set (54,950,048 bytes) plus slack. The
+# per-file cap matches `server.maxUploadSize` (MiB) in .streamlit/config.toml.
+MAX_UPLOAD_FILES = len(FILES)
+MAX_UPLOAD_FILE_BYTES = 48 * 1024 * 1024
+MAX_UPLOAD_BYTES = 56 * 1024 * 1024
 # Torchvision's mirrors, tried in order when no local copy exists.
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -49,8 +58,42 @@ MEAN = 0.1307  # Of the training pixels scaled to [0, 1]; recomputed by `pixel_s
 STD = 0.3081
 
 
+log = logging.getLogger(__name__)
+
+
 class DataError(Exception):
-    """A data file is missing, malformed or not the canonical MNIST content."""
+    """A data file is missing, malformed or not the canonical MNIST content.
+
+    `str(error)` is the whole reason, for the operator and the CLI: it may name server paths.
+    `public` is the short text a visitor of the dashboard may see: never a path.
+    """
+
+    public = "The MNIST files could not be used or stored; the operator's log says why."
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        if public is not None:
+            self.public = public
+
+
+class DataMissing(DataError):
+    """No folder holds the four files (and no download was allowed, or it failed)."""
+
+    public = "MNIST was not found on this server."
+
+
+class DataRefused(DataError):
+    """The four files were found but failed a check: wrong magic, truncated, bad MD5, too large."""
+
+    public = "MNIST files on this server could not be used; the operator's log says why."
+
+
+class UploadRefused(DataError):
+    """An upload was refused. The message names only the visitor's own file names, so it is
+    also the public text."""
+
+    def __init__(self, message: str):
+        super().__init__(message, public=message)
 
 
 @dataclass(frozen=True)
@@ -61,8 +104,10 @@ class Mnist:
     train_labels: torch.Tensor  # int64, 60000
     test_images: torch.Tensor  # uint8, 10000x28x28
     test_labels: torch.Tensor  # int64, 10000
-    source: str  # human-readable origin, e.g. "MNIST_DATA_DIR=/path"
+    source: str  # the operator's description of the origin, e.g. "MNIST_DATA_DIR=/path"
     folder: Path
+    origin: str = ""  # where it came from in words a visitor may see, e.g. "from the data cache"
+    verified: bool = False  # every file's decompressed MD5 matched the published value
     # (train, test) already normalised, Nx1x28x28 float32, when a warm worker mapped a shared copy.
     normalised: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, compare=False, repr=False)
 
@@ -139,13 +184,18 @@ def check_md5(raw: bytes, stem: str, name: str) -> None:
 
 def read_file(path: Path, stem: str, verify: bool = True) -> np.ndarray:
     """Read, optionally verify, and parse one MNIST file from disk."""
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise DataError(f"{path}: {size} bytes is larger than any MNIST file.")
-    raw = decompress(path.read_bytes(), str(path))
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise DataError(f"{path}: {size} bytes is larger than any MNIST file.")
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}).") from err
+    raw = decompress(raw, str(path))
+    array = parse_idx(raw, str(path))  # first: "truncated" or "wrong magic" says more than an MD5
     if verify:
         check_md5(raw, stem, str(path))
-    return parse_idx(raw, str(path))
+    return array
 
 
 def find_file(folder: Path, stem: str) -> Path | None:
@@ -167,7 +217,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("MNIST_CACHE_DIR", "data")).resolve()
 
 
-def load_folder(folder: Path, source: str, verify: bool = True) -> Mnist:
+def load_folder(folder: Path, source: str, verify: bool = True, origin: str = "") -> Mnist:
     """Load all four files from `folder`, checking counts and that labels are digits."""
     missing = missing_files(folder)
     if missing:
@@ -193,19 +243,32 @@ def load_folder(folder: Path, source: str, verify: bool = True) -> Mnist:
         test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         source=source,
         folder=folder,
+        origin=origin,
+        verified=verify,
     )
+
+
+def describe_data(data: Mnist) -> str:
+    """Where the data came from, in words a visitor may see (no paths), e.g.
+    "MNIST from the server's data folder, verified, 70,000 images"."""
+    name = f"MNIST {data.origin}" if data.origin else "MNIST"
+    check = "verified" if data.verified else "not verified"
+    return f"{name}, {check}, {len(data.train_labels) + len(data.test_labels):,} images"
 
 
 def download(
     cache_dir: Path,
     timeout: float = 5.0,
     progress: Callable[[str, int, int], None] | None = None,
+    read_only: bool | None = None,
 ) -> None:
     """Fetch the four files from torchvision's mirrors into `cache_dir`, verified.
 
     Each file is checked by its decompressed MD5 before it is moved into place, so an
-    interrupted or corrupted download never leaves a file that looks valid.
+    interrupted or corrupted download never leaves a file that looks valid. Refused in a
+    read-only deployment, before anything is fetched.
     """
+    refuse_if_read_only(read_only)
     errors: list[str] = []
     fetched: dict[str, bytes] = {}
     for stem in FILES.values():
@@ -227,29 +290,76 @@ def download(
             except (urllib.error.URLError, OSError, DataError, ValueError) as err:
                 errors.append(f"{url}: {err}")
         else:
-            raise DataError("Download failed:\n  " + "\n  ".join(errors))
-    install_files(fetched, cache_dir)
+            raise DataError(
+                "Download failed:\n  " + "\n  ".join(errors),
+                public="The download from torchvision's mirrors failed.",
+            )
+    install_files(fetched, cache_dir, read_only=read_only)
 
 
-def install_files(files: Mapping[str, bytes], cache_dir: Path) -> list[str]:
+def refuse_if_read_only(read_only: bool | None) -> None:
+    """Storing data files is a write: refused in a read-only deployment (None: as MNIST_READ_ONLY says)."""
+    if Limits.from_env().read_only if read_only is None else read_only:
+        raise UploadRefused("This is a read-only demo: storing MNIST files is switched off.")
+
+
+def upload_label(name: object, index: int) -> str:
+    """A visitor's file name fit to show back: its last part only, printable, short."""
+    text = PurePosixPath(name.replace("\\", "/")).name if isinstance(name, str) else ""
+    text = "".join(c for c in text if c.isprintable())[:80]
+    return text or f"file {index + 1}"
+
+
+def install_files(
+    files: Mapping[str, bytes | memoryview], cache_dir: Path, *, read_only: bool | None = None
+) -> list[str]:
     """Validate uploaded or downloaded files and store them under fixed names in the cache.
 
     `files` maps any name to the file's bytes (raw or gzip); each is identified by its
     content, not its name, so a user-chosen file name never becomes a path. Either every
     file validates and is written, or nothing is written. Returns the stored stems.
+
+    Raises UploadRefused (a message naming only the given file names) in a read-only deployment
+    (`read_only`; None: as MNIST_READ_ONLY says), for more than the four files, beyond
+    MAX_UPLOAD_FILE_BYTES per file or MAX_UPLOAD_BYTES in all (checked before anything is
+    decompressed), or for content that is not MNIST; DataError when the cache cannot be written.
     """
+    refuse_if_read_only(read_only)
+    if len(files) > MAX_UPLOAD_FILES:
+        raise UploadRefused(
+            f"{len(files)} files at once: upload at most the {MAX_UPLOAD_FILES} MNIST files."
+        )
+    labelled = [(upload_label(name, i), raw) for i, (name, raw) in enumerate(files.items())]
+    for label, raw in labelled:
+        if not isinstance(raw, (bytes, bytearray, memoryview)):
+            raise UploadRefused(f"{label}: expected the file's bytes, got {type(raw).__name__}.")
+        if len(raw) > MAX_UPLOAD_FILE_BYTES:
+            raise UploadRefused(
+                f"{label}: {len(raw):,} bytes is more than the {MAX_UPLOAD_FILE_BYTES:,} allowed "
+                "per file; no MNIST file is that large."
+            )
+    total = sum(len(raw) for _, raw in labelled)
+    if total > MAX_UPLOAD_BYTES:
+        raise UploadRefused(
+            f"{total:,} bytes in all is more than the {MAX_UPLOAD_BYTES:,} allowed per upload; "
+            "the four MNIST files together are about 55 MB raw, 11 MB as .gz."
+        )
     by_stem: dict[str, bytes] = {}
     digests = {md5: stem for stem, md5 in MD5.items()}
-    for name, raw in files.items():
-        plain = decompress(raw, name)
-        stem = digests.get(hashlib.md5(plain).hexdigest())
+    for label, raw in labelled:
+        try:
+            plain = decompress(raw, label)
+            stem = digests.get(hashlib.md5(plain).hexdigest())
+            if stem is None:
+                parse_idx(plain, label)  # a structural error is the more useful message
+        except DataError as err:
+            raise UploadRefused(str(err)) from err
         if stem is None:
-            parse_idx(plain, name)  # a structural error is the more useful message
-            raise DataError(f"{name}: a valid IDX file, but not one of the four MNIST files.")
+            raise UploadRefused(f"{label}: a valid IDX file, but not one of the four MNIST files.")
         by_stem[stem] = plain
-    cache_dir.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, Path]] = []
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
         for stem, plain in by_stem.items():
             fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".upload-")
             with os.fdopen(fd, "wb") as handle:
@@ -260,6 +370,8 @@ def install_files(files: Mapping[str, bytes], cache_dir: Path) -> list[str]:
             stale_gz = final.with_name(final.name + ".gz")
             if stale_gz.exists():
                 stale_gz.unlink()
+    except OSError as err:
+        raise DataError(f"Could not store MNIST files in the data cache {cache_dir}: {err}") from err
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -268,9 +380,18 @@ def install_files(files: Mapping[str, bytes], cache_dir: Path) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def load_cached(folder: str, source: str) -> Mnist:
+def load_cached(folder: str, source: str, origin: str = "") -> Mnist:
     """Load a folder once per process: the dashboard's sessions all share this copy."""
-    return load_folder(Path(folder), source)
+    return load_folder(Path(folder), source, origin=origin)
+
+
+def load_found(folder: Path, source: str, origin: str) -> Mnist:
+    """Load a folder that holds all four files; any failed check becomes DataRefused."""
+    try:
+        return load_cached(str(folder), source, origin)
+    except DataError as err:
+        # The first line names no path: a worker shows it to visitors as a run's failure.
+        raise DataRefused(f"MNIST files were found but refused.\n  {source}: {err}") from err
 
 
 def load_mnist(
@@ -281,7 +402,9 @@ def load_mnist(
 ) -> Mnist:
     """Find MNIST: `data_dir` or MNIST_DATA_DIR, then the ./data cache, then a download.
 
-    Raises DataError saying what was tried and how to fix it when all three fail.
+    Raises DataRefused when the first folder holding all four files fails a check (wrong
+    magic, truncated, bad MD5, too large), and DataMissing saying what was tried and how to
+    fix it when no folder holds them and no download succeeds.
     """
     tried: list[str] = []
     explicit = data_dir or os.environ.get("MNIST_DATA_DIR")
@@ -289,24 +412,43 @@ def load_mnist(
         folder = Path(explicit).expanduser().resolve()
         label = "argument" if data_dir else "MNIST_DATA_DIR"
         if not missing_files(folder):
-            return load_cached(str(folder), f"{label}={folder}")
+            origin = "from the given folder" if data_dir else "from the server's data folder"
+            return load_found(folder, f"{label}={folder}", origin)
         tried.append(f"{label}={folder}: missing {', '.join(missing_files(folder))}")
     cache = Path(cache_dir).resolve() if cache_dir else default_cache_dir()
     if not missing_files(cache):
-        return load_cached(str(cache), f"data cache {cache}")
+        return load_found(cache, f"data cache {cache}", "from the data cache")
     tried.append(f"data cache {cache}: missing {', '.join(missing_files(cache))}")
+    public = None
     if allow_download and os.environ.get("MNIST_NO_DOWNLOAD") != "1":
         try:
             download(cache, progress=progress)
-            return load_cached(str(cache), f"downloaded into {cache}")
         except DataError as err:
             tried.append(str(err))
-    raise DataError(
+            public = f"{DataMissing.public} {err.public}"
+        else:
+            return load_found(cache, f"downloaded into {cache}", "downloaded from torchvision's mirrors")
+    raise DataMissing(
         "MNIST data not found. Tried:\n  - "
         + "\n  - ".join(tried)
         + "\nFix: set MNIST_DATA_DIR to a folder holding the four IDX files (raw or .gz), "
-        f"or copy them into {cache}, or upload them on the dashboard's data page."
+        f"or copy them into {cache}, or upload them on the dashboard's data page.",
+        public=public,
     )
+
+
+_logged: set[str] = set()
+
+
+def log_refusal(error: DataError) -> None:
+    """Tell the operator the whole reason the data cannot be used, on the server's log (stderr),
+    once per distinct reason rather than at every page view. A visitor's refused upload is
+    their own doing: it is shown to them, not logged."""
+    reason = str(error)
+    if isinstance(error, UploadRefused) or reason in _logged:
+        return
+    _logged.add(reason)
+    log.warning("%s", reason)
 
 
 def pixel_stats(images: torch.Tensor) -> tuple[float, float]:

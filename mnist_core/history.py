@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 CONFIG_COLUMNS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
 RUN_COLUMNS = (
     "id", *CONFIG_COLUMNS, "status", "test_accuracy", "test_loss", "duration_s", "device_used",
-    "created", "epochs_done", "images_per_s", "parameters", "message",
+    "created", "epochs_done", "images_per_s", "parameters", "message", "owner",
 )
 # Numeric columns worth plotting against test accuracy, in the order a picker offers them.
 HYPERPARAMETERS = (
@@ -71,7 +71,7 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
             status=record.status, test_accuracy=record.test_accuracy, test_loss=record.test_loss,
             duration_s=record.duration_s, device_used=record.device, created=record.created,
             epochs_done=record.epochs_done, images_per_s=summary.get("images_per_s"),
-            parameters=summary.get("parameters"), message=record.message,
+            parameters=summary.get("parameters"), message=record.message, owner=record.owner,
         )
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
@@ -79,6 +79,36 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
     frame["created"] = pd.to_datetime(frame["created"], unit="s", utc=True).dt.tz_convert(None)
     return frame
+
+
+def visible_runs(records: Sequence[RunRecord], owner: str | None, pinned: str | None = None) -> list[RunRecord]:
+    """The runs a picker offers: one person's (`owner`) or everyone's (None), the teacher's
+    pinned reference run first (also in "my runs": it is the class's yardstick)."""
+    chosen = [r for r in records if owner is None or r.owner == owner or r.id == pinned]
+    return sorted(chosen, key=lambda r: r.id != pinned)  # stable: the given order otherwise
+
+
+def leaderboard(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each person's best finished run: highest test accuracy, ties to the shorter training.
+    Ranked 1..n; people with equal accuracy and time share a rank."""
+    scored = frame[(frame["status"] == "finished") & frame["test_accuracy"].notna() & (frame["owner"] != "")]
+    if scored.empty:
+        return pd.DataFrame(columns=["rank", "person", "test_accuracy", "duration_s", "model", "settings", "id"])
+    ordered = scored.assign(duration_s=scored["duration_s"].fillna(math.inf)).sort_values(
+        ["test_accuracy", "duration_s", "created"], ascending=[False, True, True], kind="stable")
+    best = ordered.drop_duplicates("owner").reset_index(drop=True)
+    keys = list(zip(-best["test_accuracy"], best["duration_s"]))
+    ranks = [1 + next(i for i, k in enumerate(keys) if k == key) for key in keys]
+    settings = [
+        f"{r.epochs} epoch(s), batch {r.batch_size}, {r.optimizer} lr {r.lr:g}, schedule {r.schedule}, "
+        f"augment {r.augment}, dropout {r.dropout:g}, seed {r.seed}"
+        for r in best.itertuples()
+    ]
+    return pd.DataFrame({
+        "rank": ranks, "person": best["owner"], "test_accuracy": best["test_accuracy"],
+        "duration_s": best["duration_s"].replace(math.inf, math.nan), "model": best["model"],
+        "settings": settings, "id": best["id"],
+    })
 
 
 def filter_runs(

@@ -16,6 +16,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+from mnist_core import access
+from mnist_core.access import Person
+from mnist_core.config import Limits
 from mnist_core.data import normalise
 from mnist_core.models import Classifier
 from mnist_core.runs import RunStore, RunStoreError
@@ -274,10 +277,15 @@ def cached_embedding(
     space: str = "features",
     n: int = EMBED_N,
     seed: int = EMBED_SEED,
+    person: Person | None = None,
+    limits: Limits | None = None,
 ) -> Embedding:
     """`embed`, computed once per run and stored next to its weights, loaded thereafter.
 
     A stored file for a different subset (another n, seed or image set size) is recomputed.
+    Storing writes to the run, and t-SNE costs half a minute of the server's CPU, so on a
+    shared deployment (`person` given): a read-only demo computes PCA without storing it and
+    refuses t-SNE, and only the run's owner or the teacher may start a t-SNE.
     """
     if method not in EMBED_METHODS:
         raise ValueError(f"method must be one of {', '.join(EMBED_METHODS)}, got {method!r}")
@@ -292,8 +300,13 @@ def cached_embedding(
                 return Embedding(stored["coords"].numpy(), indices, stored["predictions"].numpy())
         except (RunStoreError, KeyError):
             pass  # damaged or from an older layout: compute it again
+    read_only = limits is not None and limits.read_only
+    if person is not None and method == "tsne":
+        access.require_writable(limits or Limits(), "computing a new t-SNE")
+        access.require_manager(person, access.existing(store, run_id), "compute a t-SNE for")
     result = embed(model, images, method, n, seed, space)
-    store.save_tensors(run_id, name, result.tensors())
+    if not read_only:
+        store.save_tensors(run_id, name, result.tensors())
     return result
 
 

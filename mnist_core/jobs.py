@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mnist_core import access
+from mnist_core.access import Person
 from mnist_core.config import ConfigError, Limits, TrainConfig
 from mnist_core.data import Mnist
 from mnist_core.runs import ACTIVE, QueueFull, RunRecord, RunStore
@@ -47,10 +49,13 @@ def submit(
     than joined. With `worker` the caller trains it itself (the CLI), else a worker claims it.
     """
     limits.check(config)
+    if not isinstance(owner, str) or not owner.strip():
+        access.require_name(access.ANONYMOUS)
     run_id = run_id_for(config)
     recover(store, run_id)
     try:
-        outcome = store.enqueue(run_id, config.to_dict(), owner, limits.max_queued_per_session, worker)
+        outcome = store.enqueue(run_id, config.to_dict(), owner, limits.max_queued_per_person, worker,
+                                max_total=limits.max_queued_total)
     except QueueFull as err:
         raise ConfigError("queue", str(err)) from None
     return Submission(run_id, outcome)
@@ -223,15 +228,18 @@ class JobQueue:
         recover(store)
         self.pool = WorkerPool(store.root, workers or self.limits.max_concurrent, data=data, train=train)
 
-    def submit(self, config: TrainConfig, owner: str = "cli") -> Submission:
-        submission = submit(self.store, config, owner, self.limits)
+    def submit(self, config: TrainConfig, person: Person) -> Submission:
+        """Queue `config` for `person` (who must have a name: runs record their owner)."""
+        access.require_name(person)
+        submission = submit(self.store, config, person.name, self.limits)
         if submission.outcome == "queued":
             self.pool.wake()
         return submission
 
-    def cancel(self, run_id: str) -> bool:
-        """Stop a queued or running run, whichever process trains it; False when it had ended."""
-        return self.store.request_stop(run_id)
+    def cancel(self, run_id: str, person: Person) -> bool:
+        """Stop a queued or running run, whichever process trains it, if `person` owns it or is
+        the teacher (access.NotAllowed otherwise); False when it had ended."""
+        return access.stop_run(self.store, run_id, person, self.limits)
 
     def waiting(self) -> list[Waiting]:
         return waiting_line(self.store, self.limits.max_concurrent)
@@ -267,25 +275,40 @@ def waiting_line(store: RunStore, trainers: int = 1) -> list[Waiting]:
     return line
 
 
-def measured_speeds(store: RunStore) -> dict[str, float]:
-    """Seconds per training image of each model (any batch size), from finished runs."""
-    speeds: dict[str, float] = {}
+@dataclass
+class Speeds:
+    """What finished runs measured: seconds per training image of each model (evaluation
+    included), and how many images the training pool holds (before the validation split)."""
+
+    per_image: dict[str, float]
+    pool: float | None
+
+
+def measured_speeds(store: RunStore) -> Speeds:
+    """The newest finished run of each model gives its pace; any run gives the pool size
+    (steps x batch per epoch, scaled back up by its validation split)."""
+    per_image: dict[str, float] = {}
+    pool = None
     for record in store.list_runs(("finished",)):
-        rate = (record.summary or {}).get("images_per_s")
-        if rate and record.config.get("model") not in speeds and record.duration_s:
-            images = record.epochs_done * 60_000 * (1 - record.config.get("val_split", 0.0))
-            speeds[record.config["model"]] = record.duration_s / max(images, 1.0)  # evaluation included
-    return speeds
+        summary, config = record.summary or {}, record.config
+        steps, batch = summary.get("steps"), config.get("batch_size")
+        if not steps or not batch or not record.duration_s or not record.epochs_done:
+            continue
+        images = steps * batch
+        per_image.setdefault(config.get("model", ""), record.duration_s / images)
+        if pool is None:
+            pool = images / record.epochs_done / max(1.0 - config.get("val_split", 0.0), 0.05)
+    return Speeds(per_image, pool)
 
 
-def planned_s(config: dict, speeds: dict[str, float]) -> float | None:
-    per_image = speeds.get(config.get("model", ""))
-    if per_image is None:
+def planned_s(config: dict, speeds: Speeds) -> float | None:
+    per_image = speeds.per_image.get(config.get("model", ""))
+    if per_image is None or speeds.pool is None:
         return None
-    return per_image * config["epochs"] * 60_000 * (1 - config.get("val_split", 0.0))
+    return per_image * config["epochs"] * speeds.pool * (1 - config.get("val_split", 0.0))
 
 
-def remaining_s(store: RunStore, record: RunRecord, speeds: dict[str, float]) -> float | None:
+def remaining_s(store: RunStore, record: RunRecord, speeds: Speeds) -> float | None:
     """Seconds a running run still needs: from its own pace once it reported, else the estimate."""
     last = store.last_step(record.id)
     if last and last.get("total") and last["step"] > 0 and last.get("elapsed"):

@@ -41,9 +41,10 @@ def finished_runs(store: RunStore) -> list[RunRecord]:
 
 
 def run_label(record: RunRecord) -> str:
-    """How a run is named in a selectbox: model, test accuracy and id."""
+    """How a run is named in a selectbox: model, test accuracy, who launched it, and id."""
     accuracy = "accuracy unknown" if record.test_accuracy is None else f"{record.test_accuracy:.2%}"
-    return f"{record.config.get('model', '?')} · {accuracy} · {record.id}"
+    owner = f" · by {record.owner}" if record.owner else ""
+    return f"{record.config.get('model', '?')} · {accuracy}{owner} · {record.id}"
 
 
 def default_run_index(runs: list[RunRecord], wanted: str | None) -> int:

@@ -32,7 +32,7 @@ ACTIVE = ("queued", "running")
 TERMINAL = tuple(s for s in STATUSES if s not in ACTIVE)
 REUSABLE = ("finished", "diverged")  # outcomes that identical configs simply reuse
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: people (claimed names) and class_settings (the pinned run)
 BUSY_TIMEOUT_S = 10.0
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 TENSOR_NAME = re.compile(r"[a-z0-9_-]{1,64}")
@@ -101,6 +101,17 @@ CREATE TABLE IF NOT EXISTS epochs (
     elapsed REAL,
     PRIMARY KEY (run_id, epoch)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS people (
+    name_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
+    claimed REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS people_token ON people (token_hash, claimed);
+CREATE TABLE IF NOT EXISTS class_settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 # Columns added by schema version 2 (added to a version-1 database when it is opened).
 ADDED_COLUMNS = {
@@ -452,13 +463,13 @@ class RunStore:
 
     def enqueue(
         self, run_id: str, config: dict, owner: str = "", max_waiting: int | None = None,
-        worker: tuple[int, str] | None = None,
+        worker: tuple[int, str] | None = None, max_total: int | None = None,
     ) -> str:
         """Ask for `config` to be trained, in one transaction. Returns "cached" (an identical
         run already ended usably), "joined" (it is queued or running now) or "queued" (created,
         or an earlier cancelled/interrupted/failed attempt reset). With `worker` (pid, host) the
         run is claimed at once by that process (the CLI trains it itself). Raises QueueFull when
-        `owner` already has `max_waiting` runs queued."""
+        `owner` already has `max_waiting` runs queued, or the server `max_total`."""
         check_run_id(run_id)
         payload = to_json(check_config(config), "config")
         if not isinstance(owner, str):
@@ -475,8 +486,15 @@ class RunStore:
                 ).fetchone()[0]
                 if waiting >= max_waiting:
                     raise QueueFull(
-                        f"you already have {waiting} runs waiting (limit {max_waiting}); "
+                        f"you already have {waiting} runs waiting (limit {max_waiting} per person); "
                         "wait for one to start or stop one"
+                    )
+            if max_total is not None and worker is None:
+                waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued'").fetchone()[0]
+                if waiting >= max_total:
+                    raise QueueFull(
+                        f"the server's queue is full ({waiting} runs waiting, limit {max_total}); "
+                        "try again when some have started"
                     )
             if row is None:
                 now = time.time()
@@ -552,6 +570,41 @@ class RunStore:
         with self._write() as conn:
             self._require_inactive(run_id, "delete", conn)
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # steps and epochs cascade
+
+    # -- people and class settings -------------------------------------------------------------
+
+    def claim_name(self, name_key: str, name: str, token_hash: str) -> bool:
+        """Give `name` to the browser whose token hashes to `token_hash`: True if it is now that
+        browser's name (new, or claimed by it before), False if another browser holds it."""
+        with self._write() as conn:
+            row = conn.execute("SELECT token_hash FROM people WHERE name_key = ?", (name_key,)).fetchone()
+            if row is not None and row[0] != token_hash:
+                return False
+            conn.execute(
+                "INSERT INTO people (name_key, name, token_hash, claimed) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name_key) DO UPDATE SET name = excluded.name, claimed = excluded.claimed",
+                (name_key, name, token_hash, time.time()),
+            )
+            return True
+
+    def name_for(self, token_hash: str) -> str | None:
+        """The name this browser claimed last, or None."""
+        rows = self._read("SELECT name FROM people WHERE token_hash = ? ORDER BY claimed DESC LIMIT 1",
+                          (token_hash,))
+        return rows[0][0] if rows else None
+
+    def class_setting(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM class_settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_class_setting(self, key: str, value: str | None) -> None:
+        """Set (or, with None, remove) one deployment-wide setting, such as the pinned run."""
+        with self._write() as conn:
+            if value is None:
+                conn.execute("DELETE FROM class_settings WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT INTO class_settings (key, value) VALUES (?, ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
 
     # -- metrics ------------------------------------------------------------------------------
 

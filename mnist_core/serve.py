@@ -104,7 +104,7 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
 
 
 @contextmanager
-def streamlit_server(env_overrides: dict[str, str] | None = None) -> Iterator[Server]:
+def streamlit_server(env_overrides: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[Server]:
     """Start `streamlit run app.py` on a free loopback port with its own empty run store, which
     is deleted afterwards (read the log and the store inside the `with`)."""
     workdir = Path(tempfile.mkdtemp(prefix="mnist-browser-"))
@@ -119,7 +119,7 @@ def streamlit_server(env_overrides: dict[str, str] | None = None) -> Iterator[Se
         process = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.headless", "true",
-             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *(args or [])],
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
     try:
@@ -133,3 +133,14 @@ def streamlit_server(env_overrides: dict[str, str] | None = None) -> Iterator[Se
             process.kill()
             process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def visitor_cookie(server: Server, name: str) -> dict:
+    """A browser cookie naming a visitor who gave `name` on this server before (claimed in its
+    store), for a browser context's add_cookies: a returning student, without typing."""
+    from mnist_core.access import claim_name, new_token
+    from mnist_core.runs import RunStore
+
+    token = new_token()
+    claim_name(RunStore(server.runs_dir), name, token)
+    return {"name": "mnist_visitor", "value": token, "url": server.url}

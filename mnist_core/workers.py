@@ -35,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 
+from mnist_core.config import env_whole
+
 DEFAULT_DATA = "mnist_core.workers:local_mnist"
 DEFAULT_TRAIN = "mnist_core.train:train"
 POLL_S = 0.5  # an idle worker looks at the store this often, and at once when woken
@@ -44,17 +46,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def default_threads(workers: int) -> int:
     """Torch threads per worker: MNIST_TRAIN_THREADS, else the machine's cores shared among the
     workers, at least one."""
-    raw = os.environ.get("MNIST_TRAIN_THREADS", "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"MNIST_TRAIN_THREADS must be a whole number, got {raw!r}") from None
-        if value < 1:
-            raise ValueError(f"MNIST_TRAIN_THREADS must be at least 1, got {value}")
-        return value
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(workers, 1))
+    return env_whole("MNIST_TRAIN_THREADS", max(1, cores // max(workers, 1)), 1, 1024)
+
+
+def default_nice() -> int:
+    """How much lower than the web server the workers run (MNIST_TRAIN_NICE, 0-19; default 0:
+    see the module's docstring for what was measured)."""
+    return env_whole("MNIST_TRAIN_NICE", 0, 0, 19)
 
 
 class WorkerPool:
@@ -71,6 +70,7 @@ class WorkerPool:
         self.data = data or DEFAULT_DATA
         self.train = train or DEFAULT_TRAIN
         self.threads = threads or default_threads(self.count)
+        self.nice = default_nice()
         self.shared_dir = Path(tempfile.mkdtemp(prefix="mnist-workers-"))  # the shared data copy
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -85,7 +85,7 @@ class WorkerPool:
         return subprocess.Popen(
             [sys.executable, "-m", "mnist_core.workers", "--runs-dir", str(self.runs_root), "--data", self.data,
              "--train", self.train, "--threads", str(self.threads), "--shared-dir", str(self.shared_dir),
-             "--parent", str(os.getpid())],
+             "--nice", str(self.nice), "--parent", str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=ROOT, env=env,
         )
 
@@ -259,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train", default=DEFAULT_TRAIN)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--shared-dir", required=True)
+    parser.add_argument("--nice", type=int, default=0)
     parser.add_argument("--parent", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.nice and hasattr(os, "nice"):
+        os.nice(args.nice)
 
     import torch
 

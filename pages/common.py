@@ -6,16 +6,26 @@ once per server process, shared by all browser sessions, never once per session.
 
 from __future__ import annotations
 
-import uuid
-
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from mnist_core import summaries
+from mnist_core import access, summaries
+from mnist_core.access import Person
 from mnist_core.config import Limits
-from mnist_core.data import DataError, Mnist, default_cache_dir, install_files, load_mnist
+from mnist_core.data import (
+    MAX_UPLOAD_FILE_BYTES,
+    DataError,
+    DataMissing,
+    Mnist,
+    default_cache_dir,
+    describe_data,
+    install_files,
+    load_mnist,
+    log_refusal,
+)
 from mnist_core.device import describe_device
 from mnist_core.glossary import explain
+from mnist_core.history import visible_runs
 from mnist_core.jobs import JobQueue
 from mnist_core.predict import finished_runs
 from mnist_core.runs import RunRecord, RunStore
@@ -55,18 +65,106 @@ def get_queue() -> JobQueue:
 
 
 def load_data() -> Mnist | None:
-    """MNIST if it is available locally (loaded once per process), else None."""
+    """MNIST if it is available locally (loaded once per process), else None; why not goes to
+    the server's log, once per reason."""
     try:
         return load_mnist(allow_download=False)
-    except DataError:
+    except DataError as err:
+        log_refusal(err)
         return None
 
 
-def session_id() -> str:
-    """A random id per browser session, to count its queued jobs against the limits."""
-    if "session_id" not in st.session_state:
-        st.session_state.session_id = uuid.uuid4().hex
-    return st.session_state.session_id
+VISITOR_COOKIE = "mnist_visitor"  # a random token naming this browser; its name is in the store
+TOKEN_KEY = "visitor_token"  # session_state: the token, once this session has one
+TEACHER_KEY = "is_teacher"  # session_state: the teacher's passphrase was given in this session
+
+
+def secret(name: str) -> object:
+    """A value from .streamlit/secrets.toml, or None when there is no such file or key."""
+    try:
+        return st.secrets.get(name)
+    except Exception:  # no secrets file at all: Streamlit raises rather than returning nothing
+        return None
+
+
+def login_configured() -> bool:
+    """The deployment set up Streamlit's OIDC login (`[auth]` in secrets): use it, not names."""
+    return bool(secret("auth"))
+
+
+def visitor_token() -> str | None:
+    token = st.session_state.get(TOKEN_KEY) or st.context.cookies.get(VISITOR_COOKIE)
+    return token if access.valid_token(token) else None
+
+
+def current_person() -> Person:
+    """Who this session is: the login's verified e-mail when the deployment has a login, else
+    the name this browser claimed (remembered across reloads and tabs by a cookie)."""
+    if login_configured():
+        if not st.user.is_logged_in:
+            return access.ANONYMOUS
+        try:
+            return access.person_from_login(st.user.to_dict())
+        except access.NotAllowed:
+            return access.ANONYMOUS
+    return access.person_for_token(get_store(), visitor_token(), teacher=bool(st.session_state.get(TEACHER_KEY)))
+
+
+def write_cookie() -> None:
+    """Put this session's new token into a year-long cookie, which later tabs and reloads send.
+    Drawn at every run of a session that made a token (cookies are read at connection only)."""
+    token = st.session_state.get(TOKEN_KEY)
+    if access.valid_token(token) and st.context.cookies.get(VISITOR_COOKIE) != token:
+        st.html(
+            f"<script>document.cookie = '{VISITOR_COOKIE}={token}; path=/; max-age=31536000; SameSite=Lax';</script>",
+            unsafe_allow_javascript=True,
+        )
+
+
+def claim_for_session(typed: str) -> Person:
+    """Give this browser the typed name (access.NotAllowed says why not); the visitor now."""
+    token = visitor_token() or access.new_token()
+    access.claim_name(get_store(), typed, token)
+    st.session_state[TOKEN_KEY] = token
+    return current_person()
+
+
+def identity_panel() -> None:
+    """Sidebar: sign in (login deployments) or give a name; the teacher's passphrase."""
+    if login_configured():
+        if st.user.is_logged_in:
+            person = current_person()
+            st.caption("Signed in as")
+            st.text(person.name + (" (teacher)" if person.teacher else ""))
+            st.button("Log out", on_click=st.logout, key="identity_logout")
+        else:
+            st.button("Log in", on_click=st.login, key="identity_login", type="primary",
+                      help="This class's dashboard asks who you are, so your runs carry your name.")
+        return
+    person = current_person()
+    if person.known:
+        st.caption("You are")
+        st.text(person.name + (" (teacher)" if person.teacher else ""))
+    with st.popover("Change your name" if person.known else "Give your name", width="stretch"):
+        typed = st.text_input("Your name, shown on your runs", max_chars=access.NAME_MAX, key="identity_name",
+                              help="Letters, digits, spaces, dots, hyphens. This browser keeps it; nobody "
+                                   "else on this server can take it.")
+        if st.button("Use this name", key="identity_claim", type="primary"):
+            try:
+                claim_for_session(typed)
+            except access.NotAllowed as err:
+                st.error(str(err))
+            else:
+                st.rerun()
+    passphrase = secret("teacher_passphrase")
+    if passphrase and not person.teacher:
+        with st.expander("Teacher"):
+            given = st.text_input("Teacher's passphrase", type="password", key="identity_passphrase")
+            if given:
+                if access.passphrase_matches(given, passphrase):
+                    st.session_state[TEACHER_KEY] = True
+                    st.rerun()
+                st.error("That is not the teacher's passphrase.")
 
 
 def limits() -> Limits:
@@ -79,56 +177,100 @@ def sidebar() -> None:
     if data is not None:
         warm_summaries(data.source)
     with st.sidebar:
-        st.caption("Data: " + (data.source if data else "not found — see any page"))
+        st.caption("Data: " + (describe_data(data) if data else "not available — see any page"))
         st.caption("Compute: " + describe_device())
         queue = get_queue()
         ready, count = queue.pool.ready(), queue.pool.count
         st.caption(f"Trainers: {ready} of {count} ready" if ready < count else
                    f"Trainers: {count} ready" if count > 1 else "Trainer: ready")
         st.caption(f"Stored runs: {get_store().count()}")
+        identity_panel()
+        write_cookie()
         if limits().read_only:
             st.caption("Read-only demo: training is switched off.")
 
 
 def require_data() -> Mnist:
-    """Return MNIST or show the same fix on every page (uploader included) and stop the page."""
-    data = load_data()
-    if data is not None:
-        return data
-    st.error(
-        "MNIST was not found. Set the environment variable `MNIST_DATA_DIR` to a folder holding "
-        "the four IDX files (raw or `.gz`) and restart, or put them in "
-        f"`{default_cache_dir()}`, or upload them here."
-    )
+    """Return MNIST, or say in a visitor's words why not (the whole reason goes to the server's
+    log), offer the uploader and stop the page."""
+    try:
+        return load_mnist(allow_download=False)
+    except DataError as err:
+        problem = err
+    log_refusal(problem)
+    if isinstance(problem, DataMissing):
+        st.error(
+            "MNIST was not found on this server. The operator can set the environment variable "
+            "`MNIST_DATA_DIR` to a folder holding the four IDX files (raw or `.gz`) and restart, "
+            "or put them in the data folder configured on the server; or upload them here."
+        )
+    else:
+        st.error(problem.public)
+    if limits().read_only:
+        st.info("This is a read-only demo: it takes no uploads or downloads.")
+        st.stop()
     uploads = st.file_uploader(
-        "The four MNIST files (train/t10k images and labels, raw or .gz)",
-        accept_multiple_files=True, key="mnist_upload",
+        f"The four MNIST files (train/t10k images and labels, raw or .gz; at most "
+        f"{MAX_UPLOAD_FILE_BYTES // 2**20} MB each)",
+        accept_multiple_files=True, key="mnist_upload", max_upload_size=MAX_UPLOAD_FILE_BYTES // 2**20,
     )
     if uploads and st.button("Verify and store", type="primary"):
         try:
-            stored = install_files({f.name: f.getvalue() for f in uploads}, default_cache_dir())
+            # Views of the uploaded bytes, not copies: the core refuses too many or too large first.
+            stored = install_files(
+                {f.name: f.getbuffer() for f in uploads}, default_cache_dir(), read_only=limits().read_only
+            )
         except DataError as err:
-            st.error(f"Nothing was stored: {err}")
+            log_refusal(err)
+            st.error("Nothing was stored.")
+            st.text(err.public)  # as text, never markdown: it may quote the visitor's file names
         else:
             st.success(f"Stored {', '.join(stored)}.")
-            if load_data() is not None:
+            try:
+                load_mnist(allow_download=False)
+            except DataMissing:
+                st.info("Upload the remaining files to complete the set.")
+            except DataError as err:
+                log_refusal(err)
+                st.error(err.public)
+            else:
                 st.rerun()
-            st.info("Upload the remaining files to complete the set.")
     if st.button("Try to download from torchvision's mirrors"):
         with st.spinner("Downloading…"):
             try:
                 load_mnist()
-                st.rerun()
             except DataError as err:
-                st.error(str(err))
+                log_refusal(err)
+                st.error(err.public)
+            else:
+                st.rerun()
     st.stop()
 
 
-def require_finished_runs(no_runs_hint: str) -> list[RunRecord]:
-    """Finished runs with weights, best first; without any, say how to train one and stop."""
-    runs = finished_runs(get_store())
+SCOPES = {"everyone": "Everyone's runs", "mine": "My runs"}
+
+
+def scope_owner(key: str) -> str | None:
+    """A "my runs / everyone's" switch: the owner to filter on, or None for everyone."""
+    person = current_person()
+    choice = st.segmented_control(
+        "Runs shown", list(SCOPES), format_func=SCOPES.get, default="everyone", key=key,
+        help="Your own runs only, or every run trained on this server. The teacher's pinned "
+             "reference run is always listed first." + ("" if person.known else " Give your name to see yours."),
+    )
+    return person.name if choice == "mine" else None
+
+
+def require_finished_runs(no_runs_hint: str, scope_key: str | None = None) -> list[RunRecord]:
+    """Finished runs with weights, best first (the pinned reference run first of all), limited to
+    the visitor's own with a "my runs" switch; without any, say how to train one and stop."""
+    everyone = finished_runs(get_store())
+    runs = everyone
+    if scope_key is not None and everyone:
+        runs = visible_runs(everyone, scope_owner(scope_key), access.pinned_run(get_store()))
     if not runs:
-        st.info(f"There is no trained model yet. {no_runs_hint}")
+        whose = "of yours " if everyone else ""
+        st.info(f"There is no trained model {whose}yet. {no_runs_hint}")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
         st.stop()
     return runs

@@ -10,19 +10,22 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from mnist_core import access
 from mnist_core.history import (
     HYPERPARAMETERS,
     accuracy_range,
     curves_frame,
     filter_runs,
     format_duration,
+    leaderboard,
     runs_frame,
+    visible_runs,
 )
 from mnist_core.runs import RunStoreError
-from pages.common import get_store, help_text
+from pages.common import current_person, get_store, help_text, limits, scope_owner
 
 TABLE_COLUMNS = (  # results first, so they stay in view on narrow screens
-    "id", "status", "test_accuracy", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
+    "id", "owner", "status", "test_accuracy", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
     "dropout", "schedule", "augment", "val_split", "seed", "duration_s", "device_used", "created",
 )
 SPLIT_NAMES = {"test": "Test", "val": "Validation", "train": "Train"}
@@ -54,12 +57,41 @@ flash = st.session_state.pop(FLASH_KEY, None)
 if flash:
     st.success(flash)
 
-records = get_store().list_runs()
-frame = runs_frame(records)
-if frame.empty:
+person = current_person()
+pinned = access.pinned_run(get_store())
+all_records = get_store().list_runs()
+if not all_records:
     st.info("No runs yet. Train one first; it will be listed here.")
     st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
+
+# -- leaderboard --------------------------------------------------------------------------------
+st.subheader("Leaderboard")
+board = leaderboard(runs_frame(all_records))
+if board.empty:
+    st.caption("Nobody has a finished run with a test accuracy yet.")
+else:
+    st.caption("Each person's best finished run: highest test accuracy; equal accuracy goes to the shorter training.")
+    st.dataframe(board, hide_index=True, key="compare_leaderboard", column_config={
+        "rank": st.column_config.NumberColumn("Rank"),
+        "person": st.column_config.TextColumn("Who"),
+        "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="percent"),
+        "duration_s": st.column_config.NumberColumn("Training time (s)", format="%.1f"),
+        "model": st.column_config.TextColumn("Model"),
+        "settings": st.column_config.TextColumn("Settings that got it"),
+        "id": st.column_config.TextColumn("Run"),
+    })
+
+st.subheader("All runs")
+owner = scope_owner("compare_scope")
+records = visible_runs(all_records, owner, pinned)
+frame = runs_frame(records)
+if frame.empty:
+    st.info("You have no runs yet. Launch one on the Train page, or show everyone's runs.")
+    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+if pinned:
+    st.caption(f"The first row, {pinned}, is the teacher's reference run.")
 
 # -- filters ------------------------------------------------------------------------------------
 left, middle, right = st.columns(3)
@@ -94,6 +126,7 @@ event = st.dataframe(
     hide_index=True,
     column_config={
         "id": st.column_config.TextColumn("Run", help="Model name plus a hash of every setting."),
+        "owner": st.column_config.TextColumn("Who", help="Who launched it."),
         "status": st.column_config.TextColumn("Status"),
         "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="percent"),
         "model": st.column_config.TextColumn("Model"),
@@ -193,13 +226,17 @@ else:
 
 # -- delete -------------------------------------------------------------------------------------
 with st.expander("Delete a run"):
-    candidates = picked or list(shown["id"])
-    if not candidates:
-        st.caption("No run matches the filters.")
+    # Only runs this visitor may delete are offered; the core refuses the others anyway.
+    mine = {r.id for r in records if access.may_manage(person, r)}
+    candidates = [i for i in (picked or list(shown["id"])) if i in mine]
+    if limits().read_only:
+        st.caption("This is a read-only demo: nothing can be deleted.")
+    elif not candidates:
+        st.caption("None of the matching runs is yours to delete: only a run's owner or the teacher may delete it.")
     else:
         target = st.selectbox(
             "Run to delete", candidates, key="compare_delete_target",
-            help="Ticked rows are offered first; with none ticked, every matching run.",
+            help="Your runs among the ticked rows (or, with none ticked, among the matching runs).",
         )
         row = frame[frame["id"] == target].iloc[0]
         accuracy = "–" if pd.isna(row["test_accuracy"]) else f"{row['test_accuracy']:.2%}"
@@ -213,10 +250,38 @@ with st.expander("Delete a run"):
         )
         if st.button("Delete run", type="primary", disabled=not confirmed, key="compare_delete"):
             try:
-                get_store().delete_run(target)
-            except RunStoreError as err:
-                st.error(f"Not deleted: {err}. Stop it on the Train page, or wait until it ends.")
+                access.delete_run(get_store(), target, person, limits())
+            except access.NotAllowed as err:
+                st.error(f"Not deleted: {err}")
+            except RunStoreError:
+                st.error("Not deleted: the run is queued or training. Stop it on the Train page, or wait until it ends.")
             else:
-                st.session_state[FLASH_KEY] = f"Deleted run `{target}`."
+                st.session_state[FLASH_KEY] = f"Deleted run {target}."
                 st.session_state.pop("compare_delete_confirm", None)
+                st.rerun()
+
+# -- the teacher's tools ------------------------------------------------------------------------
+if person.teacher and not limits().read_only:
+    with st.expander("Teacher: reference run and a fresh start", expanded=False):
+        finished = [r.id for r in all_records if r.status == "finished"]
+        choice = st.selectbox("Reference run everyone sees first", ["(none)", *finished],
+                              index=([None, *finished].index(pinned) if pinned in finished else 0),
+                              key="compare_pin_target")
+        if st.button("Pin this reference run", key="compare_pin"):
+            try:
+                access.pin_run(get_store(), None if choice == "(none)" else choice, person, limits())
+            except access.NotAllowed as err:
+                st.error(str(err))
+            else:
+                st.rerun()
+        clear = st.checkbox("Yes, stop every run and delete every run except the reference run",
+                            key="compare_clear_confirm")
+        if st.button("Clear the class", type="primary", disabled=not clear, key="compare_clear"):
+            try:
+                stopped, deleted = access.clear_class(get_store(), person, limits())
+            except access.NotAllowed as err:
+                st.error(str(err))
+            else:
+                st.session_state[FLASH_KEY] = f"Cleared: {deleted} run(s) deleted, {stopped} stopped."
+                st.session_state.pop("compare_clear_confirm", None)
                 st.rerun()

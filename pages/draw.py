@@ -59,7 +59,7 @@ st.write(
 
 store = get_store()
 runs = require_finished_runs("Train one first: one epoch of `cnn-small` takes about a minute on a CPU "
-                             "and reads drawn digits well.")
+                             "and reads drawn digits well.", scope_key="draw_scope")
 
 by_id = {r.id: r for r in runs}
 run_id = st.selectbox(

@@ -80,7 +80,8 @@ st.write(
 )
 
 store = get_store()
-runs = require_finished_runs("Train one first (one epoch of `linear` takes seconds), then come back here.")
+runs = require_finished_runs("Train one first (one epoch of `linear` takes seconds), then come back here.",
+                             scope_key="evaluate_scope")
 
 by_id = {r.id: r for r in runs}
 run_id = st.selectbox(

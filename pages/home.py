@@ -4,6 +4,7 @@ from pages.common import help_text, load_data
 
 import streamlit as st
 
+from mnist_core.data import describe_data
 from mnist_core.explore import summarise
 
 # (page file, label, what the reader learns there), in the suggested order.
@@ -58,5 +59,5 @@ else:
         f"The classes are nearly balanced: the most common training digit is "
         f"{facts.most_common[0]} ({facts.most_common[1]:,} images), the rarest is "
         f"{facts.least_common[0]} ({facts.least_common[1]:,}). Every pixel is a grey level "
-        f"from 0 (black) to 255 (white ink). Data source: {data.source}."
+        f"from 0 (black) to 255 (white ink). Data: {describe_data(data)}."
     )

@@ -1,13 +1,14 @@
 """Inside the network: what a trained model looks at, layer by layer and pixel by pixel."""
 
-from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
+from pages.common import current_person, get_store, help_text, limits, load_data, require_data, require_finished_runs
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from mnist_core import insight
+from mnist_core import access, insight
+from mnist_core.access import Person
 from mnist_core.data import normalise
 from mnist_core.models import Classifier
 from mnist_core.predict import enlarge, load_run_model, run_label
@@ -42,12 +43,14 @@ def cached_model(run_id: str, finished: float | None) -> Classifier:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def cached_embedding(run_id: str, finished: float | None, method: str, space: str) -> insight.Embedding:
-    """Read from the run store (computed and stored there on the first request)."""
+def cached_embedding(run_id: str, finished: float | None, method: str, space: str,
+                     _person: Person) -> insight.Embedding:
+    """Read from the run store (computed and stored there on the first request, when the
+    visitor may: see insight.cached_embedding)."""
     data = load_data()
     assert data is not None, "require_data() ran first"
     return insight.cached_embedding(get_store(), run_id, cached_model(run_id, finished), data.test_images,
-                                    method, space)
+                                    method, space, person=_person, limits=limits())
 
 
 def robust_limit(values: np.ndarray) -> float:
@@ -143,7 +146,7 @@ st.write(
 
 store = get_store()
 runs = require_finished_runs("Train one first: a `linear` run takes seconds, one epoch of `cnn-small` "
-                             "about a minute on a CPU.")
+                             "about a minute on a CPU.", scope_key="inside_scope")
 
 by_id = {r.id: r for r in runs}
 run_column, input_column = st.columns([1.2, 1], gap="large")
@@ -323,15 +326,26 @@ with tabs[3]:
         )
         stored = all(store.has_tensors(run_id, insight.embedding_name(method, space)) for space in insight.SPACES)
         prompt = st.empty()
+        person = current_person()
         if method == "tsne" and not stored:
             with prompt.container():
                 st.info("t-SNE is computed once per run (about half a minute on a CPU) and then stored with it.")
+                if limits().read_only:
+                    st.caption("This read-only demo shows only the t-SNE embeddings stored before; this run has none.")
+                    st.stop()
+                if not access.may_manage(person, record):
+                    st.caption("Only the run's owner or the teacher may start one (it occupies the server for "
+                               "half a minute); PCA works for everyone.")
+                    st.stop()
                 if not st.button("Compute t-SNE for this run", type="primary", key="inside_tsne"):
                     st.stop()
         try:
             with st.spinner(f"Preparing the {METHOD_NAMES[method]} embedding (computed once per run, then loaded)…"):
-                embeddings = {space: cached_embedding(run_id, record.finished, method, space)
+                embeddings = {space: cached_embedding(run_id, record.finished, method, space, person)
                               for space in insight.SPACES}
+        except access.NotAllowed as err:
+            st.error(str(err))
+            st.stop()
         except RunStoreError as err:
             st.error(f"Could not compute or store the embedding: {err}")
             st.stop()

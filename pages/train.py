@@ -20,13 +20,24 @@ from mnist_core.history import (
     format_duration,
     progress_from_step,
     settings_for_form,
+    runs_frame,
     step_frame,
     thin,
 )
+from mnist_core import access
 from mnist_core.jobs import current
 from mnist_core.models import MODELS
 from mnist_core.runs import ACTIVE, RunRecord
-from pages.common import get_queue, get_store, help_text, limits, require_data, session_id
+from pages.common import (
+    claim_for_session,
+    current_person,
+    get_queue,
+    get_store,
+    help_text,
+    limits,
+    login_configured,
+    require_data,
+)
 
 RUN_KEY = "train_run"  # session_state: the run this tab watches (mirrored in ?run=)
 NOTICE_KEY = "train_notice"  # session_state: (run id, outcome) of this tab's last launch
@@ -76,8 +87,15 @@ def settings_form(read_only: bool) -> dict | None:
     caps = limits()
     max_epochs = min(int(RANGES["epochs"][1]), caps.max_epochs)
     max_batch = min(int(RANGES["batch_size"][1]), caps.max_batch_size)
+    asks_name = not current_person().known and not login_configured()
     with st.form("train_form"):
         values: dict = {}
+        if asks_name:  # at the point of need: the first Launch also says who launched it
+            values["_name"] = st.text_input(
+                "Your name (shown on your runs)", max_chars=access.NAME_MAX, key="train_visitor_name",
+                help="Every run records who launched it, so you find yours and only you can stop or "
+                     "delete them. This browser keeps the name; nobody else on this server can take it.",
+            )
         values["model"] = st.selectbox(
             "Model", list(MODELS), key="train_model",
             format_func=lambda name: f"{name} — {MODELS[name].description} ({parameter_count(name):,} parameters)",
@@ -149,11 +167,16 @@ def settings_form(read_only: bool) -> dict | None:
 
 def launch(values: dict) -> None:
     """Validate and submit; a bad setting becomes an error naming the field, never a traceback."""
+    typed = values.pop("_name", None)
     try:
-        submission = get_queue().submit(TrainConfig(**values), session_id())
+        person = claim_for_session(typed) if typed is not None else current_person()
+        submission = get_queue().submit(TrainConfig(**values), person)
     except ConfigError as err:
         detail = str(err).removeprefix(f"{err.field}: ")
         st.error(f"Cannot launch: the setting **{err.field}** is not accepted — {detail}")
+        return
+    except access.NotAllowed as err:
+        st.error(f"Cannot launch: {err}")
         return
     remember(submission.run_id)
     st.session_state[NOTICE_KEY] = (submission.run_id, submission.outcome)
@@ -251,13 +274,20 @@ def show_run(record: RunRecord) -> None:
         f"{config['model']} · {config['epochs']} epoch(s) · batch {config['batch_size']} · "
         f"lr {config['lr']:g} · {config['optimizer']} · status **{record.status}** · device {device_label(record)}"
     )
+    st.text(f"Launched by {record.owner or 'an earlier version of this dashboard (no owner recorded)'}")
     last_step = get_store().last_step(record.id)
     if record.active:
         show_progress(record, last_step)
-        if st.button("Stop training", key=f"stop_{record.id}", icon=":material/stop_circle:",
-                     help="Ask the trainer to stop after the current batch; the run is kept as cancelled."):
-            get_queue().cancel(record.id)
-            st.toast("Stop requested.")
+        person = current_person()
+        if access.may_manage(person, record) and not limits().read_only and st.button(
+            "Stop training", key=f"stop_{record.id}", icon=":material/stop_circle:",
+            help="Ask the trainer to stop after the current batch; the run is kept as cancelled.",
+        ):
+            try:
+                get_queue().cancel(record.id, person)
+                st.toast("Stop requested.")
+            except access.NotAllowed as err:
+                st.error(str(err))
     else:
         level, text = outcome(record)
         getattr(st, level)(text)
@@ -282,6 +312,42 @@ def show_run(record: RunRecord) -> None:
         st.caption("Per-epoch train / validation / test curves appear after the first epoch.")
 
 
+def show_queue() -> None:
+    """Who is training now and who waits, in click order, with each run's estimated start
+    (from the speed finished runs measured and the work ahead of it)."""
+    running = get_store().list_runs(("running",))
+    line = get_queue().waiting()
+    if not running and not line:
+        return
+    st.subheader("The queue")
+    rows = [{"place": "training", "who": r.owner, "run": r.id, "starts": "started"} for r in running]
+    rows += [{"place": str(w.position), "who": w.owner, "run": w.run_id,
+              "starts": "not known yet" if w.start_in_s is None else f"in about {format_duration(w.start_in_s)}"}
+             for w in line]
+    st.dataframe(rows, hide_index=True, width="stretch")
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def finished_runs_figure(revision: tuple) -> go.Figure:
+    """Every finished run on this server: test accuracy against training time, one colour per
+    model. The target to beat, and your run's place once it ends. Drawn (empty axes on a new
+    server) from the first visit, so the charting code is loaded before Launch is pressed."""
+    frame = runs_frame(get_store().list_runs(("finished",)))
+    frame = frame.dropna(subset=["test_accuracy", "duration_s"])
+    figure = px.scatter(
+        frame, x="duration_s", y="test_accuracy", color="model", log_x=True,
+        hover_data={"id": True, "epochs": True, "batch_size": True, "lr": ":g", "optimizer": True},
+        labels={"duration_s": "training time (s, log scale)", "test_accuracy": "test accuracy"},
+        title="Finished runs on this server: accuracy against training time",
+    )
+    figure.update_yaxes(tickformat=".2%")
+    figure.update_layout(height=340, margin={"t": 50, "b": 40})
+    if frame.empty:
+        figure.add_annotation(text="No finished runs yet: the first one appears here.", showarrow=False,
+                              xref="paper", yref="paper", x=0.5, y=0.5)
+    return figure
+
+
 FIRST_POLL_S = 0.5  # until the run's first step is drawn: "launch -> first point" stays short
 POLL_S = 2.0  # then: measured, each poll costs the server ~85 ms per watching tab (figures sent)
 
@@ -290,14 +356,19 @@ def live_run(run_id: str, waiting_for_steps: bool) -> None:
     """Re-read the store while the run is active: every FIRST_POLL_S until its first step is
     drawn, then every POLL_S (often enough to look live, rarely enough that a class of watching
     tabs leaves the trainer its CPU). When the run ends, or its first step arrives, rerun the
-    whole page, which draws the final view once or polls at the slower pace."""
+    whole page, which draws the final view once or polls at the slower pace (one fast poll
+    after the first step is drawn, so those points do not wait for a whole-page rerun)."""
+
+    drawn_key = f"first_step_drawn_{run_id}"
 
     def poll() -> None:
         record = current(get_store(), run_id)
         if record is None or not record.active:
             st.rerun()
         if waiting_for_steps and get_store().last_step(run_id) is not None:
-            st.rerun()
+            if st.session_state.get(drawn_key):  # drawn at the last poll: now slow down
+                st.rerun()
+            st.session_state[drawn_key] = True  # draw the first points here, at once
         show_run(record)
 
     poll.__qualname__ = f"live_run_{'first' if waiting_for_steps else 'steady'}"  # one fragment per pace
@@ -323,7 +394,8 @@ if values is not None:
 run_id = remembered_run()
 record = current(get_store(), run_id) if run_id else None
 if run_id and record is None:
-    st.warning(f"Run `{run_id}` no longer exists (it was deleted). Launch a new one above.")
+    st.warning("The run in this link does not exist (it was deleted, or the link is wrong). Launch a new one above.")
+    st.text(f"Run in the link: {run_id[:100]}")  # a visitor's value: shown as text, never markdown
     forget()
 if record is None:
     active = get_store().list_runs(ACTIVE)
@@ -347,6 +419,10 @@ else:
         icon=":material/content_copy:",
         help="Then change one setting and launch again: two runs that differ in one setting show what it does.",
     )
+
+show_queue()
+finished = get_store().list_runs(("finished",))
+st.plotly_chart(finished_runs_figure(tuple((r.id, r.test_accuracy) for r in finished)), key="finished_runs")
 
 with st.expander("Why? Loss versus accuracy"):
     st.write(help_text("loss_vs_metric"))

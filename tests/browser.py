@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mnist_core import serve
-from mnist_core.serve import Server, descendants, memory_of  # noqa: F401  (used by the tests)
+from mnist_core.serve import Server, descendants, memory_of, visitor_cookie  # noqa: F401  (used by the tests)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -42,13 +42,13 @@ PAGES = {
 
 
 @contextmanager
-def streamlit_server(env_overrides: dict[str, str] | None = None) -> Iterator[Server]:
+def streamlit_server(env_overrides: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[Server]:
     """The dashboard in a child process (mnist_core.serve), skipped without MNIST data and
     failing the test with the server's log if it does not come up."""
     if not os.environ.get("MNIST_DATA_DIR"):
         pytest.skip("MNIST_DATA_DIR is not set")
     try:
-        with serve.streamlit_server(env_overrides) as server:
+        with serve.streamlit_server(env_overrides, args) as server:
             yield server
     except serve.ServerError as error:
         pytest.fail(str(error))
@@ -83,6 +83,13 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def server_paths_in(text: str, server: Server) -> list[str]:
+    """Server-side paths a page shows (none should be): the repository, the run store, the data
+    folder, the temporary folder and home folders."""
+    paths = [str(ROOT), str(server.runs_dir), os.environ.get("MNIST_DATA_DIR", ""), "/tmp/", "/home/", "/root/"]
+    return [p for p in paths if p and p in text]
 
 
 def page_url(server: Server, path: str) -> str:

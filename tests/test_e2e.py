@@ -18,6 +18,7 @@ from tests.browser import (
     exception_texts,
     page_url,
     screenshot,
+    server_paths_in,
     streamlit_server,
     wait_until_idle,
 )
@@ -67,10 +68,19 @@ def assert_healthy(page, server, title: str) -> None:
     errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
     assert errors == [], errors
     assert "Uncaught app execution" not in server.log_text(), server.log_text()
+    assert server_paths_in(page.locator("body").inner_text(), server) == []
 
 
-def launch_linear(page, seed: int) -> None:
+def give_name(page, name: str) -> None:
+    """A first-time visitor types their name into the Train form (asked once, at Launch)."""
+    box = page.get_by_role("textbox", name="Your name (shown on your runs)")
+    if box.count():
+        box.fill(name)
+
+
+def launch_linear(page, seed: int, name: str = "Ada") -> None:
     """Fill the Train form the way a visitor does: model linear, 1 epoch, the given seed."""
+    give_name(page, name)
     model = page.get_by_role("combobox", name="Model")
     model.click()
     page.get_by_role("option", name=re.compile(r"^linear\b")).click()
@@ -160,6 +170,7 @@ def test_step_charts_grow_within_the_first_epoch(page, server):
     seed_box = page.get_by_role("spinbutton", name="Seed")
     seed_box.fill("777")
     seed_box.press("Tab")
+    give_name(page, "Lin")
     page.get_by_role("button", name="Launch training").click()
     try:
         page.wait_for_function(f"() => ({POINTS_JS})() > 0", timeout=30_000)

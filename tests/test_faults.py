@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnist_core.access import Person
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.data import load_mnist
 from mnist_core.evaluate import predict_proba
@@ -39,13 +40,14 @@ LONG = TrainConfig(model="mlp", epochs=50, batch_size=8)  # minutes of work: kil
 # then a long one.
 SERVER = f"""
 import sys, time
+from mnist_core.access import Person
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.jobs import JobQueue
 from mnist_core.runs import RunStore
 
 queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1), data="tests.synthetic:synthetic_mnist")
-queue.submit(TrainConfig(**{SHORT.to_dict()!r}), "alice")
-queue.submit(TrainConfig(**{LONG.to_dict()!r}), "alice")
+queue.submit(TrainConfig(**{SHORT.to_dict()!r}), Person("alice"))
+queue.submit(TrainConfig(**{LONG.to_dict()!r}), Person("alice"))
 while True:  # until the test kills this process
     time.sleep(1)
 """
@@ -53,18 +55,19 @@ while True:  # until the test kills this process
 # A second server process for the race test: submits the same configs at the same instants.
 RACER = """
 import json, sys, time
+from mnist_core.access import Person
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.jobs import JobQueue
 from mnist_core.runs import RunStore
 
-queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1, max_queued_per_session=100),
+queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1, max_queued_per_person=100),
                  data="tests.synthetic:synthetic_mnist")
 start = float(sys.argv[2])
 outcomes = []
 for seed in range(int(sys.argv[3])):
     time.sleep(max(0.0, start + 0.15 * seed - time.time()))
     try:
-        outcomes.append(queue.submit(TrainConfig(model="linear", seed=seed, batch_size=100), "class").outcome)
+        outcomes.append(queue.submit(TrainConfig(model="linear", seed=seed, batch_size=100), Person("class")).outcome)
     except Exception as error:
         outcomes.append(f"{type(error).__name__}: {error}")
 print(json.dumps(outcomes), flush=True)
@@ -182,7 +185,7 @@ def test_sigkill_of_a_warm_worker_mid_run_interrupts_it_and_a_new_worker_takes_o
     store = RunStore(tmp_path / "runs")
     queue = JobQueue(store, Limits(max_concurrent=1), data="tests.synthetic:synthetic_mnist")
     try:
-        long_id = queue.submit(LONG, "alice").run_id
+        long_id = queue.submit(LONG, Person("alice")).run_id
         deadline = time.monotonic() + 60
         while not is_training(store, long_id):
             assert time.monotonic() < deadline, store.get_run(long_id)
@@ -196,7 +199,7 @@ def test_sigkill_of_a_warm_worker_mid_run_interrupts_it_and_a_new_worker_takes_o
         record = store.get_run(long_id)
         assert record.status == "interrupted" and "stopped unexpectedly" in record.message, record
         assert worker not in queue.pool.pids()  # replaced
-        short = queue.submit(SHORT, "bob")
+        short = queue.submit(SHORT, Person("bob"))
         while store.get_run(short.run_id).status in ("queued", "running"):
             assert time.monotonic() < deadline + 30, store.get_run(short.run_id)
             time.sleep(0.05)

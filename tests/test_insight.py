@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from mnist_core import insight
+from mnist_core.access import NotAllowed, Person
+from mnist_core.config import Limits
 from mnist_core.data import normalise
 from mnist_core.models import MODELS, build_model
 from tests.synthetic import synthetic_mnist
@@ -277,3 +279,20 @@ def test_a_damaged_stored_embedding_is_computed_again(store, digits):
     result = insight.cached_embedding(store, "mlp-abc", model("mlp"), digits.test_images, "pca", n=50)
     assert result.coords.shape == (50, 2)
     assert np.array_equal(store.load_tensors("mlp-abc", "embedding_pca")["coords"].numpy(), result.coords)
+
+
+def test_embeddings_on_a_shared_deployment_respect_owner_and_read_only(store, digits):
+    """t-SNE costs the server half a minute: only the run's owner or the teacher may start one;
+    a read-only demo stores nothing and computes no t-SNE at all."""
+    store.enqueue("linear-adas", {"model": "linear"}, "Ada")
+    store.request_stop("linear-adas")
+    net, bob, ada = model("linear"), Person("Bob"), Person("Ada")
+    with pytest.raises(NotAllowed, match="owner or the teacher"):
+        insight.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=bob, limits=Limits())
+    read_only = Limits(read_only=True)
+    with pytest.raises(NotAllowed, match="read-only"):
+        insight.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=ada, limits=read_only)
+    pca = insight.cached_embedding(store, "linear-adas", net, digits.test_images, "pca", n=30, person=bob, limits=read_only)
+    assert pca.coords.shape == (30, 2) and not store.has_tensors("linear-adas", "embedding_pca")  # shown, not stored
+    insight.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=ada, limits=Limits())
+    assert store.has_tensors("linear-adas", "embedding_tsne")

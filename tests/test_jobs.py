@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from mnist_core.access import Person
 from mnist_core.config import ConfigError, Limits, TrainConfig
 from mnist_core.jobs import HOST, JobQueue, current, execute, recover, run_id_for, submit, waiting_line
 from mnist_core.predict import load_run_model
@@ -48,7 +49,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def queue(store):
-    q = JobQueue(store, Limits(max_concurrent=1, max_queued_per_session=3),
+    q = JobQueue(store, Limits(max_concurrent=1, max_queued_per_person=3),
                  data="tests.synthetic:synthetic_mnist", train="tests.synthetic:train_or_crash")
     yield q
     q.shutdown()
@@ -65,7 +66,7 @@ def idle_queue(request, store):
 
 def test_a_submitted_run_trains_in_a_worker_process_and_is_stored(queue, store):
     config = TrainConfig(model="linear", epochs=2, batch_size=100)
-    submission = queue.submit(config, "alice")
+    submission = queue.submit(config, Person("alice"))
     assert submission.outcome == "queued" and submission.run_id == run_id_for(config)
     record = wait_for(store, submission.run_id)
     assert record.status == "finished" and record.test_accuracy > 0.9 and record.epochs_done == 2
@@ -74,45 +75,45 @@ def test_a_submitted_run_trains_in_a_worker_process_and_is_stored(queue, store):
     steps = store.steps(record.id)
     assert steps and all(row["total"] == 12 for row in steps) and steps[-1]["step"] == 12  # 540 / 100 = 6 per epoch
     assert store.has_tensors(record.id, "weights") and store.has_tensors(record.id, "evaluation")
-    assert queue.submit(config, "bob").outcome == "cached"
+    assert queue.submit(config, Person("bob")).outcome == "cached"
 
 
 def test_identical_configs_share_one_run_and_the_line_follows_the_clicks(queue, store):
-    first = queue.submit(SLOW, "alice")
+    first = queue.submit(SLOW, Person("alice"))
     wait_for(store, first.run_id, ("running",))
-    b = queue.submit(TrainConfig(model="linear", seed=31), "bob")
-    c = queue.submit(TrainConfig(model="linear", seed=32), "carol")
-    assert queue.submit(SLOW, "bob").outcome == "joined"
+    b = queue.submit(TrainConfig(model="linear", seed=31), Person("bob"))
+    c = queue.submit(TrainConfig(model="linear", seed=32), Person("carol"))
+    assert queue.submit(SLOW, Person("bob")).outcome == "joined"
     assert [(w.run_id, w.owner, w.position) for w in queue.waiting()] == [(b.run_id, "bob", 1), (c.run_id, "carol", 2)]
     assert queue.position(c.run_id) == 2 and queue.position(first.run_id) is None
-    assert queue.cancel(first.run_id)  # a stop request through the store reaches the worker process
+    assert queue.cancel(first.run_id, Person("alice"))  # a stop request through the store reaches the worker process
     assert wait_for(store, first.run_id).status == "cancelled"
     assert wait_for(store, b.run_id).status == "finished" and wait_for(store, c.run_id).status == "finished"
     assert store.get_run(b.run_id).started <= store.get_run(c.run_id).started
 
 
 def test_cancelling_a_queued_run_ends_it_before_it_starts(queue, store):
-    blocker = queue.submit(SLOW.replace(seed=1), "alice")
-    waiting = queue.submit(TrainConfig(model="linear", epochs=1, seed=5), "alice")
-    assert queue.cancel(waiting.run_id)
+    blocker = queue.submit(SLOW.replace(seed=1), Person("alice"))
+    waiting = queue.submit(TrainConfig(model="linear", epochs=1, seed=5), Person("alice"))
+    assert queue.cancel(waiting.run_id, Person("alice"))
     assert store.get_run(waiting.run_id).status == "cancelled"
-    queue.cancel(blocker.run_id)
+    queue.cancel(blocker.run_id, Person("alice"))
     wait_for(store, blocker.run_id)
     assert store.steps(waiting.run_id) == [] and store.get_run(waiting.run_id).started is None
-    assert not queue.cancel(waiting.run_id)  # already ended
+    assert not queue.cancel(waiting.run_id, Person("alice"))  # already ended
 
 
 def test_a_diverging_run_ends_as_diverged_and_the_worker_goes_on(queue, store):
-    bad = queue.submit(TrainConfig(model="mlp", epochs=2, lr=10.0, optimizer="sgd"), "alice")
-    good = queue.submit(TrainConfig(model="linear", epochs=1, seed=3), "alice")
+    bad = queue.submit(TrainConfig(model="mlp", epochs=2, lr=10.0, optimizer="sgd"), Person("alice"))
+    good = queue.submit(TrainConfig(model="linear", epochs=1, seed=3), Person("alice"))
     record = wait_for(store, bad.run_id)
     assert record.status == "diverged" and "Lower the learning rate" in record.message
     assert wait_for(store, good.run_id).status == "finished"
 
 
 def test_a_crash_inside_training_marks_the_run_failed_and_the_worker_goes_on(queue, store):
-    crashed = queue.submit(TrainConfig(model="linear", seed=FAILING_SEED), "alice")
-    after = queue.submit(TrainConfig(model="linear", seed=33), "alice")
+    crashed = queue.submit(TrainConfig(model="linear", seed=FAILING_SEED), Person("alice"))
+    after = queue.submit(TrainConfig(model="linear", seed=33), Person("alice"))
     record = wait_for(store, crashed.run_id)
     assert record.status == "failed" and "disk gone" in record.message
     assert wait_for(store, after.run_id).status == "finished"
@@ -122,23 +123,23 @@ def test_a_run_active_in_another_live_process_is_joined_not_reset(queue, store):
     config = TrainConfig(model="linear", seed=21)
     run_id = run_id_for(config)
     assert store.enqueue(run_id, config.to_dict(), "cli", worker=(os.getppid(), HOST)) == "queued"  # a live process
-    assert queue.submit(config, "alice").outcome == "joined"
+    assert queue.submit(config, Person("alice")).outcome == "joined"
     assert store.get_run(run_id).status == "running"
     store.transition(run_id, "cancelled", only_from=["running"])
 
 
 def test_the_waiting_limit_is_per_person_not_per_tab(queue, store):
     """Limits are enforced where the queue lives: every tab of one person draws on one limit."""
-    blocker = queue.submit(SLOW.replace(seed=2), "x")
+    blocker = queue.submit(SLOW.replace(seed=2), Person("x"))
     wait_for(store, blocker.run_id, ("running",))  # the one worker is busy: the rest wait
-    limits = Limits(max_queued_per_session=2)
+    limits = Limits(max_queued_per_person=2)
     waiting = [submit(store, TrainConfig(model="linear", seed=seed), "dana", limits) for seed in (41, 42)]
     with pytest.raises(ConfigError, match="already have 2 runs waiting"):
         submit(store, TrainConfig(model="linear", seed=43), "dana", limits)
     assert submit(store, TrainConfig(model="linear", seed=43), "erin", limits).outcome == "queued"
     assert [w.owner for w in queue.waiting()] == ["dana", "dana", "erin"]
     for run_id in [w.run_id for w in waiting] + [run_id_for(TrainConfig(model="linear", seed=43))]:
-        assert queue.cancel(run_id)
+        assert queue.cancel(run_id, Person("teacher", teacher=True))
 
 
 def test_read_only_deployment_refuses_training(store):
@@ -154,7 +155,7 @@ def test_a_run_whose_process_died_is_recovered_when_read_or_joined(queue, store)
         store.enqueue(run_id_for(config), config.to_dict(), "alice", worker=(dead, HOST))
     store.enqueue("elsewhere", read.to_dict(), "bob", worker=(dead, "another-host"))
     assert current(store, run_id_for(read)).status == "interrupted"  # reading it is enough
-    again = queue.submit(joined, "bob")  # trained again, not joined: nobody trains the old one
+    again = queue.submit(joined, Person("bob"))  # trained again, not joined: nobody trains the old one
     assert again.outcome == "queued" and store.get_run(again.run_id).owner == "bob"
     assert wait_for(store, again.run_id).status == "finished"
     assert store.get_run("elsewhere").status == "running"  # another machine's process: not ours to judge
@@ -164,10 +165,11 @@ def test_a_run_whose_process_died_is_recovered_when_read_or_joined(queue, store)
 
 def test_estimated_starts_follow_measured_speed_and_the_work_ahead(store):
     fresh = RunStore(store.root.parent / "estimates")
-    # A finished linear run measured 0.001 s per training image (54,000 images in 54 s).
-    fresh.enqueue("done", TrainConfig(model="linear", seed=60).to_dict(), "x")
+    # A finished linear run measured 0.001 s per training image (540 batches of 100 in 54 s), so
+    # the pool holds 60,000 images (54,000 after its validation split of 0.1).
+    fresh.enqueue("done", TrainConfig(model="linear", seed=60, batch_size=100).to_dict(), "x")
     fresh.claim_next(os.getpid(), HOST)
-    fresh.update_run("done", duration_s=54.0, epochs_done=1, summary={"images_per_s": 1000.0})
+    fresh.update_run("done", duration_s=54.0, epochs_done=1, summary={"images_per_s": 1000.0, "steps": 540})
     fresh.transition("done", "finished")
     # One running linear run halfway through (10 s so far), then three waiting: 1, 2 and 1 epochs.
     fresh.enqueue("now", TrainConfig(model="linear", seed=61).to_dict(), "x")
@@ -201,3 +203,23 @@ def test_real_linear_run_beats_90_percent_and_is_reused(mnist, tmp_path):
     assert f"cached: identical configuration already trained as run {run_id}" in out
     assert store.steps(run_id) == steps  # not trained again
     assert store.get_run(run_id).finished == record.finished
+
+
+def test_estimated_starts_of_three_waiting_runs_are_within_2x_of_the_actual_starts(queue, store):
+    """The line's estimates come from a finished run's measured pace and the work ahead."""
+    calibration = queue.submit(TrainConfig(model="mlp", epochs=3, batch_size=4, seed=500), Person("cal"))
+    assert wait_for(store, calibration.run_id).status == "finished"
+    queue.submit(TrainConfig(model="mlp", epochs=4, batch_size=4, seed=501), Person("ada"))
+    waiting = [queue.submit(TrainConfig(model="mlp", epochs=epochs, batch_size=4, seed=502 + i), Person(name)).run_id
+               for i, (epochs, name) in enumerate(((2, "bob"), (3, "cy"), (2, "di")))]
+    submitted = time.time()
+    estimates = {w.run_id: w.start_in_s for w in queue.waiting()}
+    assert [w.owner for w in queue.waiting()] == ["bob", "cy", "di"]
+    pairs = []
+    for run_id in waiting:
+        record = wait_for(store, run_id, timeout=120)
+        assert record.status == "finished", record.message
+        pairs.append((estimates[run_id], record.started - submitted))
+    print("estimated vs actual start (s):", ", ".join(f"{e:.1f} vs {a:.1f}" for e, a in pairs))
+    for estimate, actual in pairs:
+        assert estimate is not None and actual / 2 <= estimate <= actual * 2, pairs

@@ -81,6 +81,7 @@ async def one_session(context, server: Server, index: int, deadline: float) -> s
         seed = page.get_by_role("spinbutton", name="Seed")
         await seed.fill(str(100 + index))
         await seed.press("Tab")  # commit the typed value before the form is submitted
+        await page.get_by_role("textbox", name="Your name (shown on your runs)").fill(f"Student {index}")
         await page.get_by_role("button", name="Launch training").click()
         await page.get_by_text(FINISHED).wait_for(timeout=left_ms(deadline))
         await assert_no_exception(page, f"{who} while training")

@@ -138,5 +138,67 @@ def test_pages_without_data_show_the_fix(monkeypatch, tmp_path) -> None:
             assert not at.metric  # the page stopped before showing anything computed
         home = open_page("pages/home.py")
         assert any("not loaded" in i.value for i in home.info)
+        assert_no_server_path(home, tmp_path)
     finally:
         load_cached.cache_clear()
+
+
+ABSOLUTE_PATH = re.compile(r"(^|[\s'\"`=(])/[\w.-]+/")
+
+
+def assert_no_server_path(at: AppTest, *folders: Path) -> None:
+    """No rendered element, main area or sidebar, shows an absolute path."""
+    texts: list[str] = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            texts.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    text = "\n".join(texts)
+    assert texts and not ABSOLUTE_PATH.search(text), ABSOLUTE_PATH.search(text)
+    assert not any(str(folder) in text for folder in folders)
+
+
+def test_corrupt_data_gets_a_short_refusal_and_no_path(monkeypatch, tmp_path) -> None:
+    import struct
+
+    from mnist_core.data import FILES, load_cached
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for stem in FILES.values():  # every file has a foreign magic number
+        (folder / stem).write_bytes(struct.pack(">II", 0x1234, 0))
+    (tmp_path / "cache").mkdir()
+    monkeypatch.setenv("MNIST_DATA_DIR", str(folder))
+    monkeypatch.setenv("MNIST_CACHE_DIR", str(tmp_path / "cache"))
+    load_cached.cache_clear()
+    try:
+        start = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()  # the sidebar as first drawn
+        assert "Data: not available — see any page" in [c.value for c in start.sidebar.caption]
+        assert_no_server_path(start, tmp_path)
+        at = open_page("pages/dataset.py")
+        assert [e.value for e in at.error] == [
+            "MNIST files on this server could not be used; the operator's log says why."
+        ]
+        assert len(at.file_uploader) == 1 and not at.metric
+        assert_no_server_path(at, tmp_path)
+
+        monkeypatch.setenv("MNIST_READ_ONLY", "1")
+        at = open_page("pages/mean_images.py")
+        assert not at.file_uploader and any("read-only" in i.value for i in at.info)
+        assert not [b for b in at.button if "download" in b.label]
+        assert_no_server_path(at, tmp_path)
+    finally:
+        load_cached.cache_clear()
+
+
+def test_sidebar_says_where_the_data_came_from_in_words(mnist) -> None:
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()  # the sidebar as first drawn
+    assert not at.exception, [e.value for e in at.exception]
+    captions = [c.value for c in at.sidebar.caption]
+    assert "Data: MNIST from the server's data folder, verified, 70,000 images" in captions
+    assert_no_server_path(at, Path(mnist.folder))

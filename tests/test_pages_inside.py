@@ -130,9 +130,14 @@ def test_embedding_is_computed_once_and_stored(runs):
         assert sum(len(array(trace["x"])) for trace in figure["data"]) == insight.EMBED_N
     assert store.has_tensors(run_id, "embedding_pca") and store.has_tensors(run_id, "embedding_pixels_pca")
     assert not any(b.label == "Compute t-SNE for this run" for b in at.button)
-    # t-SNE waits for the button: opening it never starts a half-minute computation.
+    # t-SNE waits for the button: opening it never starts a half-minute computation. Only the
+    # run's owner or the teacher gets the button (this run has no owner).
     at.radio(key="inside_method").set_value("tsne").run()
     assert not at.exception
+    assert not any(b.label == "Compute t-SNE for this run" for b in at.button)
+    assert any("Only the run's owner or the teacher" in c.value for c in at.caption)
+    at = open_page(run_id, "Embedding", is_teacher=True)
+    at.radio(key="inside_method").set_value("tsne").run()
     assert any(b.label == "Compute t-SNE for this run" for b in at.button)
     assert not charts(at) and not store.has_tensors(run_id, "embedding_tsne")
     # Once stored with the run (here: the PCA positions under the t-SNE names), it is shown at once.

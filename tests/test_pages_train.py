@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from mnist_core.access import claim_name, new_token
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.history import CONFIG_COLUMNS
 from mnist_core.runs import ACTIVE, RunStore
@@ -26,8 +27,23 @@ WAIT_S = 60
 pytestmark = pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
 
 
-def open_page(page: str, run: str | None = None) -> AppTest:
+TOKENS: dict[str, str] = {}  # one browser token per test person, as a cookie would keep it
+
+
+def token_for(name: str) -> str:
+    """The token of a browser whose visitor gave `name` (claimed in the store once)."""
+    if name not in TOKENS:
+        TOKENS[name] = new_token()
+        claim_name(RunStore(os.environ["MNIST_RUNS_DIR"]), name, TOKENS[name])
+    return TOKENS[name]
+
+
+def open_page(page: str, run: str | None = None, person: str | None = "Ada", teacher: bool = False) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
+    if person:
+        at.session_state["visitor_token"] = token_for(person)
+    if teacher:
+        at.session_state["is_teacher"] = True  # what a correct passphrase sets
     at.run()
     at.switch_page(page)
     if run is not None:
@@ -50,6 +66,11 @@ def launch(at: AppTest) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def runs_table(at: AppTest):
+    """Compare's table of runs (the leaderboard above it is another dataframe)."""
+    return next(d.value for d in at.dataframe if "status" in d.value.columns)
 
 
 def texts(elements) -> str:
@@ -135,8 +156,11 @@ def test_same_settings_again_are_served_from_the_store(trained: str, runs: RunSt
 
 def test_compare_lists_the_run_with_its_accuracy(trained: str, runs: RunStore):
     at = open_page("pages/compare.py")
-    table = at.dataframe[0].value
+    table = runs_table(at)
     row = table[table["id"] == trained]
+    assert row["owner"].item() == "Ada"
+    board = at.dataframe[0].value
+    assert board[board["person"] == "Ada"]["test_accuracy"].item() >= row["test_accuracy"].item()
     assert len(row) == 1
     assert row["test_accuracy"].item() == pytest.approx(runs.get_run(trained).test_accuracy)
     assert row["status"].item() == "finished"
@@ -147,10 +171,10 @@ def test_compare_filters_hide_the_run(trained: str):
     at = open_page("pages/compare.py")
     at.slider(key="compare_min_accuracy").set_value(100.0).run()
     assert not at.exception
-    assert trained not in set(at.dataframe[0].value["id"])
+    assert trained not in set(runs_table(at)["id"])
     at.slider(key="compare_min_accuracy").set_value(0.0)
     at.multiselect(key="compare_models").select("linear").run()
-    assert trained in set(at.dataframe[0].value["id"])
+    assert trained in set(runs_table(at)["id"])
 
 
 def test_evaluate_page_shows_the_run(trained: str):
@@ -209,7 +233,7 @@ def test_live_view_of_a_run_trained_elsewhere(runs: RunStore):
         # 54,000 training images / 600 = 90 steps per epoch, 180 in all; step 45 is a quarter.
         runs.add_steps(run_id, [{"step": s, "epoch": 1, "loss": 2.0 / s, "accuracy": 0.5, "lr": 0.1,
                                  "images_per_s": 3000.0, "elapsed": s / 10, "total": 180} for s in (15, 30, 45)])
-        at = open_page("pages/train.py")
+        at = open_page("pages/train.py", teacher=True)  # the run has no owner: only the teacher may stop it
         assert run_id in texts(at.info)
         at.button(key="attach_active").click().run()
         assert not at.exception
@@ -217,7 +241,8 @@ def test_live_view_of_a_run_trained_elsewhere(runs: RunStore):
         bar = at.progress[0]
         assert bar.value == 25 and "epoch 1 of 2" in bar.text and "3,000 images/s" in bar.text
         assert "step 45 of 180" in bar.text
-        assert len(at.get("plotly_chart")) == 2  # loss and accuracy per step; no epoch ended yet
+        charts = [c.key for c in at.get("plotly_chart")]  # per step; no epoch ended yet, so no epoch charts
+        assert charts == [f"steps_loss_{run_id}", f"steps_accuracy_{run_id}", "finished_runs"]
         at.button(key=f"stop_{run_id}").click().run()
         assert not at.exception and runs.stop_requested(run_id)
     finally:
@@ -226,22 +251,27 @@ def test_live_view_of_a_run_trained_elsewhere(runs: RunStore):
 
 
 def test_compare_refuses_to_delete_an_active_run(runs: RunStore):
-    runs.create_run("linear-activedelete", TrainConfig(model="linear").to_dict(), status="running")
+    runs.enqueue("linear-activedelete", TrainConfig(model="linear").to_dict(), "Ada", worker=(os.getpid(), "elsewhere"))
     try:
         at = open_page("pages/compare.py")
         at.selectbox(key="compare_delete_target").set_value("linear-activedelete")
         at.checkbox(key="compare_delete_confirm").check().run()
         at.button(key="compare_delete").click().run()
         assert not at.exception
-        assert "Not deleted" in texts(at.error) and "cancel it first" in texts(at.error)
+        assert "Not deleted" in texts(at.error) and "Stop it" in texts(at.error)
         assert runs.get_run("linear-activedelete") is not None
     finally:
         runs.set_status("linear-activedelete", "cancelled")
         runs.delete_run("linear-activedelete")
 
 
+def ended_run(runs: RunStore, run_id: str, owner: str) -> None:
+    runs.enqueue(run_id, TrainConfig(model="linear").to_dict(), owner)
+    runs.request_stop(run_id)  # a queued run stops at once: cancelled
+
+
 def test_compare_deletes_an_ended_run(runs: RunStore):
-    runs.create_run("linear-todelete", TrainConfig(model="linear").to_dict(), status="cancelled")
+    ended_run(runs, "linear-todelete", "Ada")
     at = open_page("pages/compare.py")
     at.selectbox(key="compare_delete_target").set_value("linear-todelete")
     assert at.button(key="compare_delete").disabled  # not confirmed yet
@@ -252,21 +282,77 @@ def test_compare_deletes_an_ended_run(runs: RunStore):
     assert "Deleted run" in texts(at.success)
 
 
-def test_second_session_joins_a_running_run_and_can_stop_it(runs: RunStore):
+def test_compare_offers_only_ones_own_runs_for_deletion_and_the_teacher_any(runs: RunStore):
+    ended_run(runs, "linear-adas", "Ada")
+    ended_run(runs, "linear-bobs", "Bob")
+    try:
+        bob = open_page("pages/compare.py", person="Bob")
+        assert bob.selectbox(key="compare_delete_target").options == ["linear-bobs"]
+        bob.segmented_control(key="compare_scope").set_value("mine").run()
+        shown = runs_table(bob)
+        assert set(shown["id"]) == {"linear-bobs"}
+        teacher = open_page("pages/compare.py", person="Tess", teacher=True)
+        assert {"linear-adas", "linear-bobs"} <= set(teacher.selectbox(key="compare_delete_target").options)
+        teacher.selectbox(key="compare_delete_target").set_value("linear-adas")
+        teacher.checkbox(key="compare_delete_confirm").check().run()
+        teacher.button(key="compare_delete").click().run()
+        assert not teacher.exception and runs.get_run("linear-adas") is None
+    finally:
+        for run_id in ("linear-adas", "linear-bobs"):
+            if runs.get_run(run_id):
+                runs.delete_run(run_id)
+
+
+def test_second_session_joins_a_running_run_and_only_its_owner_can_stop_it(runs: RunStore):
     first = open_page("pages/train.py")
-    fill_linear(first, epochs=20)  # long enough to be still active when the second tab launches
+    fill_linear(first, epochs=20)  # long enough to be still active when the others launch
     launch(first)
     run_id = first.query_params["run"]
-    second = open_page("pages/train.py")
+    other = open_page("pages/train.py", person="Bob")
+    fill_linear(other, epochs=20)
+    launch(other)
+    assert "Someone already launched exactly these settings" in texts(other.info)
+    assert other.query_params["run"] == run_id
+    assert not [b for b in other.button if b.key == f"stop_{run_id}"]  # not Bob's run: no Stop
+    second = open_page("pages/train.py")  # Ada in another tab
     fill_linear(second, epochs=20)
     launch(second)
-    assert "Someone already launched exactly these settings" in texts(second.info)
-    assert second.query_params["run"] == run_id
     second.button(key=f"stop_{run_id}").click().run()
     assert not second.exception
     assert wait_until_ended(runs, run_id) == "cancelled"
     second.run()
     assert "Cancelled" in texts(second.warning)
+
+
+def test_an_anonymous_visitor_gives_a_name_with_the_first_launch(runs: RunStore):
+    count = runs.count()
+    at = open_page("pages/train.py", person=None)
+    fill_linear(at, epochs=3)
+    launch(at)  # name left empty
+    assert "Type a name first" in texts(at.error)
+    assert runs.count() == count
+    token_for("Bob")  # another browser holds the name Bob
+    at.text_input(key="train_visitor_name").input("Bob")
+    launch(at)
+    assert "already uses the name Bob" in texts(at.error) and runs.count() == count
+    at.text_input(key="train_visitor_name").input("  Grace   Hopper ")
+    launch(at)
+    run_id = at.query_params["run"]
+    assert runs.get_run(run_id).owner == "Grace Hopper"
+    assert "Grace Hopper" in texts(at.text)  # the sidebar now says who you are
+    at.run()
+    assert not [w for w in at.text_input if w.key == "train_visitor_name"]  # asked once
+    at.button(key=f"stop_{run_id}").click().run()
+    assert wait_until_ended(runs, run_id) in ("cancelled", "finished")
+
+
+def test_a_crafted_run_link_is_shown_as_text_not_markdown():
+    crafted = "x](https://evil.example/a.png) ![img](https://evil.example/i.png"
+    at = open_page("pages/train.py", run=crafted)
+    assert not at.exception
+    rendered = texts(at.markdown) + texts(at.warning) + texts(at.info) + texts(at.caption)
+    assert "evil.example" not in rendered  # nothing the visitor typed reaches markdown
+    assert any(crafted[:40] in str(t.value) for t in at.text)
 
 
 def test_a_recipe_button_fills_the_form_with_the_tuned_settings():

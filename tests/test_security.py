@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mnist_core.config import TrainConfig
 from mnist_core.data import install_files
@@ -248,3 +250,25 @@ def test_streamlit_config_caps_uploads_and_hides_tracebacks() -> None:
     assert isinstance(limit, int) and train_images / 2**20 <= limit <= 200
     assert config["server"].get("enableXsrfProtection", True) is True
     assert config["client"]["showErrorDetails"] in ("none", False)
+
+
+@given(st.text(max_size=300))
+def test_plain_text_leaves_no_markdown_special_unescaped(raw):
+    from mnist_core.text import MARKDOWN_SPECIALS, plain
+
+    shown = plain(raw)
+    i = 0
+    while i < len(shown):
+        if shown[i] == "\\":
+            assert shown[i + 1] in MARKDOWN_SPECIALS  # an escape always escapes something
+            i += 2
+            continue
+        assert shown[i] not in MARKDOWN_SPECIALS and shown[i] not in "\n\r\t"
+        i += 1
+
+
+def test_plain_text_of_a_crafted_link():
+    from mnist_core.text import plain
+
+    assert plain("[x](https://e.example)") == "\\[x\\]\\(https\\:\\/\\/e\\.example\\)"
+    assert plain("a" * 300).endswith("…") and len(plain("a" * 300)) == 200

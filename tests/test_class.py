@@ -1,0 +1,139 @@
+"""A class on one link, in a real browser: two named students and a teacher.
+
+Ada and Bob are returning visitors (their browsers hold the cookie of the name they gave); the
+teacher proves who she is with the deployment's passphrase. Bob is offered nothing to stop or
+delete Ada's runs; the teacher stops Ada's run; "my runs" shows one's own; the leaderboard ranks
+the students by their best test accuracy. (The core's refusal of a direct call is in test_access.)
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mnist_core.jobs import run_id_for
+from mnist_core.config import TrainConfig
+from mnist_core.runs import RunStore
+from tests.browser import (
+    WATCH_EXCEPTIONS_JS,
+    chromium,
+    exception_texts,
+    page_url,
+    screenshot,
+    server_paths_in,
+    streamlit_server,
+    visitor_cookie,
+    wait_until_idle,
+)
+
+pytestmark = pytest.mark.browser
+
+PASSPHRASE = "owls at noon"
+FINISHED = re.compile(r"Finished: test accuracy")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    secrets = tmp_path_factory.mktemp("secrets") / "secrets.toml"
+    secrets.write_text(f'teacher_passphrase = "{PASSPHRASE}"\n')
+    with streamlit_server(args=["--secrets.files", str(secrets)]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as launched:
+        yield launched
+
+
+def tab_of(browser, server, name: str):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.add_init_script(WATCH_EXCEPTIONS_JS)
+    context.add_cookies([visitor_cookie(server, name)])
+    return context, context.new_page()
+
+
+def go(page, server, path: str) -> None:
+    page.goto(page_url(server, path))
+    wait_until_idle(page, server)
+    assert exception_texts(page) == [], server.log_text()
+    assert server_paths_in(page.locator("body").inner_text(), server) == []
+
+
+def launch(page, model: str, seed: int, batch: int | None = None, epochs: int = 1) -> None:
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name=re.compile(rf"^{model}\b")).click()
+    page.get_by_role("spinbutton", name="Epochs").fill(str(epochs))
+    if batch:
+        page.get_by_role("spinbutton", name="Batch size").fill(str(batch))
+    seed_box = page.get_by_role("spinbutton", name="Seed")
+    seed_box.fill(str(seed))
+    seed_box.press("Tab")
+    page.get_by_role("button", name="Launch training").click()
+
+
+def test_two_students_and_a_teacher(browser, server):
+    store = RunStore(server.runs_dir)
+    (ada_context, ada), (bob_context, bob) = tab_of(browser, server, "Ada"), tab_of(browser, server, "Bob")
+    teacher_context, teacher = tab_of(browser, server, "Tess")
+    try:
+        # Each student trains a linear run; the sidebar knows them from their browser's cookie.
+        for page, seed in ((ada, 11), (bob, 12)):
+            go(page, server, "train")
+            launch(page, "linear", seed)
+            page.get_by_text(FINISHED).wait_for(timeout=90_000)
+        assert "Ada" in ada.locator('[data-testid="stSidebar"]').inner_text()
+        finished = {store.get_run(run_id_for(TrainConfig(model="linear", seed=s))).owner:
+                    store.get_run(run_id_for(TrainConfig(model="linear", seed=s))).test_accuracy for s in (11, 12)}
+        assert set(finished) == {"Ada", "Bob"}
+
+        # Ada starts a long run; Bob watching it gets no Stop button.
+        go(ada, server, "train")
+        launch(ada, "mlp", 13, batch=4, epochs=5)  # minutes: still training when the teacher comes
+        ada.get_by_role("button", name="Stop training").wait_for(timeout=30_000)
+        long_id = re.search(r"[?&]run=([\w.-]+)", ada.url).group(1)
+        go(bob, server, f"train?run={long_id}")
+        assert bob.get_by_text("Launched by Ada").count() == 1
+        assert bob.get_by_role("button", name="Stop training").count() == 0
+
+        # The teacher gives the passphrase, then stops Ada's run.
+        go(teacher, server, f"train?run={long_id}")
+        sidebar = teacher.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("Teacher", exact=True).click()
+        box = sidebar.get_by_label("Teacher's passphrase")
+        box.fill(PASSPHRASE)
+        box.press("Enter")
+        sidebar.get_by_text("Tess (teacher)").wait_for(timeout=30_000)
+        wait_until_idle(teacher, server)
+        teacher.get_by_role("button", name="Stop training").click()
+        teacher.get_by_text(re.compile(r"^Cancelled: Stopped by request")).wait_for(timeout=30_000)
+        assert store.get_run(long_id).status == "cancelled"
+        screenshot(teacher, "class-teacher-stopped")
+        # Compare: Bob may delete only his own runs, and "My runs" shows only his.
+        go(bob, server, "compare")
+        leaderboard = bob.locator('[data-testid="stDataFrame"]').first
+        for _ in range(60):  # the grid fills its accessible cells once drawn
+            if all(name in (board := leaderboard.text_content()) for name in finished):
+                break
+            bob.wait_for_timeout(250)
+        ranked = sorted(finished, key=finished.get, reverse=True)
+        assert board.index(ranked[0]) < board.index(ranked[1]), board
+        bob.get_by_text("Delete a run").click()
+        options = bob.get_by_role("combobox", name="Run to delete")
+        options.click()
+        offered = bob.get_by_role("option").all_inner_texts()
+        assert offered == [run_id_for(TrainConfig(model="linear", seed=12))], offered
+        bob.keyboard.press("Escape")
+        bob.locator('[data-testid="stMain"]').get_by_text("My runs", exact=True).click()
+        runs_table = bob.locator('[data-testid="stDataFrame"]').nth(1)
+        for _ in range(60):  # the rerun replaces the table's rows
+            if "Ada" not in (table := runs_table.text_content()):
+                break
+            bob.wait_for_timeout(250)
+        assert run_id_for(TrainConfig(model="linear", seed=12)) in table and "Ada" not in table
+        screenshot(bob, "class-bob-compare")
+
+    finally:
+        for context in (ada_context, bob_context, teacher_context):
+            context.close()
