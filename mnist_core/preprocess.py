@@ -191,7 +191,9 @@ def load_uploaded_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray
     except Exception as err:
         # Pillow's format plugins signal malformed input with many exception types
         # (OSError, SyntaxError, struct.error, EOFError, ...): all mean "unreadable file".
-        raise ImageError(f"not a readable image file ({type(err).__name__}: {err}).") from err
+        # Pillow's own text can quote the in-memory file object ("<_io.BytesIO object at 0x…>"):
+        # the visitor gets the kind of failure, the chained exception keeps the detail.
+        raise ImageError(f"not a readable image file ({type(err).__name__}).") from err
     if image.width == 0 or image.height == 0:
         raise ImageError(f"the image has no pixels ({image.width}x{image.height}).")
     return image_to_ink(image)

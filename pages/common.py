@@ -29,6 +29,7 @@ from mnist_core.history import visible_runs
 from mnist_core.jobs import JobQueue
 from mnist_core.predict import finished_runs
 from mnist_core.runs import RunRecord, RunStore
+from mnist_core.text import plain, report
 
 
 def route_through_app() -> None:
@@ -153,7 +154,7 @@ def identity_panel() -> None:
             try:
                 claim_for_session(typed)
             except access.NotAllowed as err:
-                st.error(str(err))
+                st.error(plain(err))
             else:
                 st.rerun()
     passphrase = secret("teacher_passphrase")
@@ -172,7 +173,11 @@ def limits() -> Limits:
 
 
 def sidebar() -> None:
-    get_queue()  # workers warm up while the visitor reads the first page
+    try:
+        get_queue()  # workers warm up while the visitor reads the first page
+    except Exception as err:  # an unwritable runs folder, a newer database: the operator's problem
+        st.error(report("The run store on this server cannot be opened, so this dashboard cannot work", err))
+        st.stop()
     data = load_data()
     if data is not None:
         warm_summaries(data.source)

@@ -22,6 +22,7 @@ from mnist_core.history import (
     visible_runs,
 )
 from mnist_core.runs import RunStoreError
+from mnist_core.text import plain
 from pages.common import current_person, get_store, help_text, limits, scope_owner
 
 TABLE_COLUMNS = (  # results first, so they stay in view on narrow screens
@@ -252,7 +253,7 @@ with st.expander("Delete a run"):
             try:
                 access.delete_run(get_store(), target, person, limits())
             except access.NotAllowed as err:
-                st.error(f"Not deleted: {err}")
+                st.error(f"Not deleted: {plain(err)}")
             except RunStoreError:
                 st.error("Not deleted: the run is queued or training. Stop it on the Train page, or wait until it ends.")
             else:
@@ -271,7 +272,7 @@ if person.teacher and not limits().read_only:
             try:
                 access.pin_run(get_store(), None if choice == "(none)" else choice, person, limits())
             except access.NotAllowed as err:
-                st.error(str(err))
+                st.error(plain(err))
             else:
                 st.rerun()
         clear = st.checkbox("Yes, stop every run and delete every run except the reference run",
@@ -280,7 +281,7 @@ if person.teacher and not limits().read_only:
             try:
                 stopped, deleted = access.clear_class(get_store(), person, limits())
             except access.NotAllowed as err:
-                st.error(str(err))
+                st.error(plain(err))
             else:
                 st.session_state[FLASH_KEY] = f"Cleared: {deleted} run(s) deleted, {stopped} stopped."
                 st.session_state.pop("compare_clear_confirm", None)

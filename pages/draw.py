@@ -18,6 +18,7 @@ from mnist_core.predict import (
     run_label,
 )
 from mnist_core.preprocess import ImageError
+from mnist_core.text import plain, report
 from pages.common import get_store, help_text, require_finished_runs
 
 CANVAS_SIDE = 280
@@ -73,7 +74,7 @@ st.session_state["draw_run"] = run_id
 try:
     model = cached_model(run_id, by_id[run_id].finished)
 except Exception as err:  # missing or damaged weights: say so instead of a traceback
-    st.error(f"Could not load the model of run {run_id}: {err}")
+    st.error(report(f"Could not load the model of run {run_id}", err))
     st.stop()
 
 source = st.radio("Input", [DRAW, UPLOAD], horizontal=True, label_visibility="collapsed")
@@ -102,7 +103,7 @@ with input_col:
             try:
                 prediction = predict_upload(model, upload.getvalue())
             except ImageError as err:
-                st.error(f"Could not read {upload.name}: {err}")
+                st.error(f"Could not read {plain(upload.name, 80)}: {plain(err)}")
                 hint = "Upload a picture in a common format (PNG, JPEG, GIF, BMP, WebP, TIFF)."
             else:
                 if prediction is None:

@@ -20,6 +20,7 @@ from mnist_core.predict import (
     most_confused,
     run_label,
 )
+from mnist_core.text import report
 from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
 
 DIGITS = list(range(10))
@@ -103,7 +104,7 @@ st.caption(
 try:
     evaluation = cached_evaluation(run_id, record.finished)
 except Exception as err:  # a damaged or foreign tensor file: say so instead of a traceback
-    st.error(f"Could not load the results of run {run_id}: {err}")
+    st.error(report(f"Could not load the results of run {run_id}", err))
     st.stop()
 labels = data.test_labels.numpy()
 wrong = int((evaluation.predictions != labels).sum())

@@ -15,6 +15,7 @@ from mnist_core.predict import enlarge, load_run_model, run_label
 from mnist_core.preprocess import normalise as normalise_drawing
 from mnist_core.runs import RunStoreError
 from mnist_core.summaries import digit_means
+from mnist_core.text import plain, report
 
 TEST, DRAWN = "A test image", "The digit you drew"
 TABS = ("Learned templates", "Feature maps", "Saliency", "Embedding")
@@ -161,7 +162,7 @@ model_name = record.config.get("model", "?")
 try:
     model = cached_model(run_id, record.finished)
 except (RunStoreError, RuntimeError, KeyError) as err:  # missing, damaged or mismatched weights
-    st.error(f"Could not load the model of run {run_id}: {err}")
+    st.error(report(f"Could not load the model of run {run_id}", err))
     st.stop()
 
 drawn = st.session_state.get("drawn_digit")
@@ -186,7 +187,7 @@ with input_column:
         try:
             x = normalise_drawing(drawn)
         except ValueError as err:
-            st.warning(f"The drawn digit cannot be used ({err}); pick a test image instead.")
+            st.warning(f"The drawn digit cannot be used ({plain(err)}); pick a test image instead.")
             st.stop()
         image = np.asarray(drawn, dtype=np.float32)
         truth = None
@@ -344,10 +345,10 @@ with tabs[3]:
                 embeddings = {space: cached_embedding(run_id, record.finished, method, space, person)
                               for space in insight.SPACES}
         except access.NotAllowed as err:
-            st.error(str(err))
+            st.error(plain(err))
             st.stop()
         except RunStoreError as err:
-            st.error(f"Could not compute or store the embedding: {err}")
+            st.error(report("Could not compute or store the embedding", err))
             st.stop()
         prompt.empty()
         frames = {space: insight.embedding_frame(embeddings[space], data.test_labels.numpy())

@@ -28,6 +28,7 @@ from mnist_core import access
 from mnist_core.jobs import current
 from mnist_core.models import MODELS
 from mnist_core.runs import ACTIVE, RunRecord
+from mnist_core.text import plain
 from pages.common import (
     claim_for_session,
     current_person,
@@ -173,10 +174,10 @@ def launch(values: dict) -> None:
         submission = get_queue().submit(TrainConfig(**values), person)
     except ConfigError as err:
         detail = str(err).removeprefix(f"{err.field}: ")
-        st.error(f"Cannot launch: the setting **{err.field}** is not accepted — {detail}")
+        st.error(f"Cannot launch: the setting **{err.field}** is not accepted — {plain(detail)}")
         return
     except access.NotAllowed as err:
-        st.error(f"Cannot launch: {err}")
+        st.error(f"Cannot launch: {plain(err)}")
         return
     remember(submission.run_id)
     st.session_state[NOTICE_KEY] = (submission.run_id, submission.outcome)
@@ -287,7 +288,7 @@ def show_run(record: RunRecord) -> None:
                 get_queue().cancel(record.id, person)
                 st.toast("Stop requested.")
             except access.NotAllowed as err:
-                st.error(str(err))
+                st.error(plain(err))
     else:
         level, text = outcome(record)
         getattr(st, level)(text)

@@ -202,3 +202,23 @@ def test_sidebar_says_where_the_data_came_from_in_words(mnist) -> None:
     captions = [c.value for c in at.sidebar.caption]
     assert "Data: MNIST from the server's data folder, verified, 70,000 images" in captions
     assert_no_server_path(at, Path(mnist.folder))
+
+
+def test_an_unusable_run_store_is_a_short_message_not_a_traceback(monkeypatch, tmp_path):
+    """A runs folder the server cannot write: visitors get one sentence, the log the reason."""
+    from pages.common import get_queue, get_store
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the run store should be")
+    get_queue().shutdown()  # this process's workers: the next page opens a fresh queue
+    monkeypatch.setenv("MNIST_RUNS_DIR", str(blocked / "runs"))
+    get_store.clear()
+    get_queue.clear()
+    try:
+        at = AppTest.from_file(str(APP), default_timeout=60).run()
+        assert not at.exception
+        shown = " ".join(str(e.value) for e in at.error)
+        assert "run store on this server cannot be opened" in shown and str(tmp_path) not in shown
+    finally:
+        get_store.clear()
+        get_queue.clear()
