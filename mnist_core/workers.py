@@ -15,7 +15,9 @@ with 2 threads while one other process was busy), so workers (and the server) ru
 OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps instead of spinning. With that, every core for
 the workers measured best on the 2-core machine, alone and with 8 tabs polling (cnn-small:
 3,193 and 2,134 images/s with 2 threads against 2,378 and 1,421 with 1), so the default is the
-machine's cores split between the workers (`MNIST_TRAIN_THREADS` overrides). See the README.
+machine's cores split between the workers (`MNIST_TRAIN_THREADS` overrides). Workers run at
+the server's priority by default: at nice 10 the first drawn step came sooner, but 8 polling
+tabs on the same machine left training 0.06x of its speed (`MNIST_TRAIN_NICE`). See the README.
 """
 
 from __future__ import annotations

@@ -137,3 +137,19 @@ def test_two_students_and_a_teacher(browser, server):
     finally:
         for context in (ada_context, bob_context, teacher_context):
             context.close()
+
+
+def test_a_wrong_setting_stops_the_server_naming_the_variable(browser):
+    """MNIST_MAX_EPOCHS=abc once silently meant 100: now the first visit stops the server, the
+    log names the variable, and the visitor is told only that the dashboard is misconfigured."""
+    with streamlit_server({"MNIST_MAX_EPOCHS": "abc"}) as bad:
+        page = browser.new_page()
+        try:
+            page.goto(page_url(bad, ""))
+            try:
+                bad.process.wait(timeout=60)
+            except Exception:
+                pytest.fail(f"the server kept running:\n{bad.log_text()}")
+            assert "MNIST_MAX_EPOCHS" in bad.log_text() and "'abc'" in bad.log_text()
+        finally:
+            page.close()
