@@ -135,6 +135,11 @@ def may_manage(person: Person, record: RunRecord) -> bool:
     return person.teacher or (person.known and record.owner == person.name)
 
 
+def manageable(person: Person, records: list[RunRecord], limits: Limits) -> list[RunRecord]:
+    """The runs `person` may stop or delete here (none in a read-only demo): what pages offer."""
+    return [] if limits.read_only else [r for r in records if may_manage(person, r)]
+
+
 def require_writable(limits: Limits, action: str) -> None:
     if limits.read_only:
         raise NotAllowed(f"This is a read-only demo: {action} is switched off.")

@@ -228,7 +228,7 @@ else:
 # -- delete -------------------------------------------------------------------------------------
 with st.expander("Delete a run"):
     # Only runs this visitor may delete are offered; the core refuses the others anyway.
-    mine = {r.id for r in records if access.may_manage(person, r)}
+    mine = {r.id for r in access.manageable(person, records, limits())}
     candidates = [i for i in (picked or list(shown["id"])) if i in mine]
     if limits().read_only:
         st.caption("This is a read-only demo: nothing can be deleted.")

@@ -92,6 +92,16 @@ def server_paths_in(text: str, server: Server) -> list[str]:
     return [p for p in paths if p and p in text]
 
 
+def new_tab(browser: Browser, cookies: list[dict] | None = None):
+    """A fresh browser context (a new Streamlit session, with `cookies` if given, e.g. a
+    returning visitor's) that records exception boxes; (context, page)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.add_init_script(WATCH_EXCEPTIONS_JS)
+    if cookies:
+        context.add_cookies(cookies)
+    return context, context.new_page()
+
+
 def page_url(server: Server, path: str) -> str:
     return f"{server.url}/{path}"
 

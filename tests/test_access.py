@@ -87,6 +87,10 @@ def test_only_the_owner_or_the_teacher_may_stop_or_delete(store):
     with pytest.raises(NotAllowed, match="Give your name"):
         submit(store, TrainConfig(model="linear", seed=9), "", limits)
     assert not store.stop_requested("linear-running") and store.get_run("linear-done")
+    runs = store.list_runs()
+    assert access.manageable(BOB, runs, limits) == []
+    assert {r.id for r in access.manageable(ADA, runs, limits)} == {"linear-running", "linear-done"}
+    assert access.manageable(TEACHER, runs, Limits(read_only=True)) == []
     assert access.stop_run(store, "linear-running", ADA, limits)
     access.delete_run(store, "linear-done", TEACHER, limits)
     assert store.get_run("linear-done") is None

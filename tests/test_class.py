@@ -16,9 +16,9 @@ from mnist_core.jobs import run_id_for
 from mnist_core.config import TrainConfig
 from mnist_core.runs import RunStore
 from tests.browser import (
-    WATCH_EXCEPTIONS_JS,
     chromium,
     exception_texts,
+    new_tab,
     page_url,
     screenshot,
     server_paths_in,
@@ -48,10 +48,7 @@ def browser():
 
 
 def tab_of(browser, server, name: str):
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.add_init_script(WATCH_EXCEPTIONS_JS)
-    context.add_cookies([visitor_cookie(server, name)])
-    return context, context.new_page()
+    return new_tab(browser, [visitor_cookie(server, name)])
 
 
 def go(page, server, path: str) -> None:

@@ -13,9 +13,9 @@ import pytest
 from mnist_core.bench_classroom import POINTS_JS  # the step chart's last plotted step, as the bench reads it
 from tests.browser import (
     PAGES,
-    WATCH_EXCEPTIONS_JS,
     chromium,
     exception_texts,
+    new_tab,
     page_url,
     screenshot,
     server_paths_in,
@@ -40,13 +40,6 @@ def server():
 def browser():
     with chromium() as launched:
         yield launched
-
-
-def new_tab(browser):
-    """A fresh browser context (a new Streamlit session) that records exception boxes."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    context.add_init_script(WATCH_EXCEPTIONS_JS)
-    return context, context.new_page()
 
 
 @pytest.fixture()
