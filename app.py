@@ -35,6 +35,7 @@ navigation = st.navigation(
             st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
             st.Page("pages/evaluate.py", title="Evaluate", icon=":material/analytics:"),
             st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+            st.Page("pages/sweeps.py", title="Sweeps", icon=":material/tune:"),
         ],
         "Play": [
             st.Page("pages/draw.py", title="Draw", icon=":material/draw:"),

@@ -219,4 +219,6 @@ def clear_class(store: RunStore, person: Person, limits: Limits) -> tuple[int, i
             deleted += 1
         except RunStoreError:
             pass  # became active meanwhile (relaunched): it stays
+    for sweep in store.list_sweeps():
+        store.delete_sweep(sweep.id)
     return stopped, deleted

@@ -91,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="cnn-fast seeds (median reported)")
     parser.add_argument("--classroom", action="store_true",
                         help="launch latency and throughput under polling, through a real server and browser")
+    parser.add_argument("--sweep", action="store_true",
+                        help="a 9-member sweep locally and through a local Ray head, and slider moves")
     args = parser.parse_args(argv)
+    if args.sweep:
+        from mnist_core.bench_sweep import main as sweep
+
+        return sweep()
     if args.classroom:
         from mnist_core.bench_classroom import main as classroom
 

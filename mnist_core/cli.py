@@ -2,6 +2,7 @@
 
     python -m mnist_core data
     python -m mnist_core train --model cnn-small --epochs 1
+    python -m mnist_core sweep --model linear --lr 1e-3,3e-3,1e-2 --batch-size 64,256
     python -m mnist_core runs
     python -m mnist_core baseline
     python -m mnist_core predict digit.png --run cnn-small-1a2b3c4d5e6f
@@ -26,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("data", help="where MNIST came from, counts, class balance, mean/std")
     train_parser = sub.add_parser("train", help="train a model and store the run")
     add_config_arguments(train_parser)
+    sweep_parser = sub.add_parser(
+        "sweep", help="train every combination of several values per setting (comma-separated)")
+    add_config_arguments(sweep_parser, sweepable=True)
+    sweep_parser.add_argument("--random", type=int, metavar="N", help="N random members of the grid instead of all")
+    sweep_parser.add_argument("--name", default="", help="the sweep's name (default: what it varies)")
+    sweep_parser.add_argument("--early-stop", action="store_true",
+                              help="stop hopeless members after epochs 1, 2, 4, ... (successive halving)")
     sub.add_parser("runs", help="list stored runs")
     sub.add_parser("baseline", help="nearest-mean-image baselines on the test set")
     predict = sub.add_parser("predict", help="predict the digit in an image file")
@@ -42,12 +50,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, typed and defaulted from the dataclass."""
+def add_config_arguments(parser: argparse.ArgumentParser, sweepable: bool = False) -> None:
+    """One flag per TrainConfig field, typed and defaulted from the dataclass; with `sweepable`,
+    the settings a sweep may vary take a comma-separated list of values."""
+    from mnist_core.sweeps import SWEEPABLE
+
     for field in dataclasses.fields(TrainConfig):
         if field.name == "extra":
             continue
         flag = "--" + field.name.replace("_", "-")
+        if sweepable and field.name in SWEEPABLE:
+            parser.add_argument(flag, default=str(field.default), help=f"one value or several, comma-separated "
+                                                                       f"(default {field.default})")
+            continue
         if field.name == "time_budget_s":
             parser.add_argument(flag, type=float, default=None, help="stop after this many seconds")
             continue
@@ -123,6 +138,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0 if status == "finished" else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import getpass
+    import time
+
+    from mnist_core.access import Person
+    from mnist_core.cluster import start_pool
+    from mnist_core.data import load_mnist
+    from mnist_core.jobs import execute
+    from mnist_core.runs import ACTIVE, RunStore
+    from mnist_core.sweeps import SWEEPABLE, SweepPlan, launch, member_names, parse_values, state
+
+    axes, base = {}, {}
+    for name in [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]:
+        value = getattr(args, name)
+        if name in SWEEPABLE:
+            values = parse_values(name, value)
+            if len(values) > 1:
+                axes[name] = values
+            else:
+                base[name] = values[0]
+        else:
+            base[name] = value
+    plan = SweepPlan(TrainConfig(**base), axes, mode="random" if args.random else "grid", samples=args.random or 0)
+    store = RunStore(args.runs_dir)
+    limits = Limits.from_env()
+    launched = launch(store, plan, Person(f"{getpass.getuser()} (command line)"), limits, args.name, args.early_stop)
+    sweep = store.get_sweep(launched.sweep_id)
+    print(f"sweep {sweep.id} \"{sweep.name}\": {len(store.sweep_members(sweep.id))} members, "
+          f"{launched.queued} to train, {len(launched.outcomes) - launched.queued} reused or already training")
+    start = time.perf_counter()
+    pool, problem = (start_pool(store.root, limits.max_concurrent, None, None) if cluster_named() else (None, None))
+    if problem:
+        print(f"note: {problem}", file=sys.stderr)
+    try:
+        if pool is None:  # train the members here, one after another
+            data = load_mnist(progress=download_progress) if launched.queued else None
+            for member in store.sweep_members(sweep.id):
+                record = store.get_run(member.run_id)
+                if record is not None and record.status == "queued":
+                    status = execute(store, member.run_id, TrainConfig.from_dict(record.config), data)
+                    done = store.get_run(member.run_id)
+                    acc = f"{done.test_accuracy:.4f}" if done.test_accuracy is not None else "-"
+                    print(f"  {member.run_id}: {status}, test accuracy {acc} ({done.duration_s or 0:.1f} s)")
+        while any(store.get_run(m.run_id).status in ACTIVE for m in store.sweep_members(sweep.id)):
+            time.sleep(0.5)  # members trained by workers: the cluster's or a dashboard's
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    now = state(store, sweep.id)
+    names = member_names(now)
+    print(f"{now.finished} of {now.total} finished in {time.perf_counter() - start:.1f} s")
+    for member in now.members:
+        record = now.runs.get(member.run_id)
+        acc = f"{record.test_accuracy:.4f}" if record and record.test_accuracy is not None else "-"
+        print(f"  {acc:>8}  {now.status(member):<13} {names[member.run_id]}  ({member.run_id})")
+    best = now.best()
+    if best:
+        print(f"best: {names[best.run_id]} ({now.runs[best.run_id].test_accuracy:.4f})")
+    return 0 if now.finished == now.total else 1
+
+
+def cluster_named() -> bool:
+    from mnist_core.cluster import ray_address
+
+    return ray_address() is not None
+
+
 def print_run(record) -> None:
     acc = f"{record.test_accuracy:.4f}" if record.test_accuracy is not None else "-"
     print(f"status: {record.status}. {record.message}")
@@ -185,4 +267,4 @@ def download_progress(stem: str, done: int, total: int) -> None:
         print(f"\rdownloading {stem}: {done / total:.0%}", end="" if done < total else "\n", file=sys.stderr)
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "runs": cmd_runs, "baseline": cmd_baseline, "predict": cmd_predict}
+COMMANDS = {"data": cmd_data, "train": cmd_train, "sweep": cmd_sweep, "runs": cmd_runs, "baseline": cmd_baseline, "predict": cmd_predict}

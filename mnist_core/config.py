@@ -170,8 +170,9 @@ class Limits:
     max_epochs: int = 100
     max_batch_size: int = 8192
     max_queued_per_person: int = 3
-    max_queued_total: int = 30
+    max_queued_total: int = 100  # room for a full sweep next to a class's single runs
     max_concurrent: int = 1
+    max_sweep: int = 64
     read_only: bool = False
 
     @classmethod
@@ -186,6 +187,7 @@ class Limits:
             max_queued_per_person=env_whole(per_person, cls.max_queued_per_person, 1, 1000),
             max_queued_total=env_whole("MNIST_MAX_QUEUED", cls.max_queued_total, 1, 10000),
             max_concurrent=env_whole("MNIST_MAX_CONCURRENT_TRAININGS", cls.max_concurrent, 1, 64),
+            max_sweep=env_whole("MNIST_MAX_SWEEP", cls.max_sweep, 1, 10000),
             read_only=env_flag("MNIST_READ_ONLY"),
         )
 
@@ -206,9 +208,12 @@ def check_settings() -> None:
     a SettingError naming the variable, instead of silently meaning something else."""
     from mnist_core.workers import default_nice, default_threads  # late: workers imports this module
 
+    from mnist_core.cluster import ray_address
+
     limits = Limits.from_env()
     default_threads(limits.max_concurrent)
     default_nice()
+    ray_address()
 
 
 # Tuned starting points, offered by the Train page and measured by `python -m mnist_core.bench`.

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_core.config import TrainConfig
+from mnist_core.naming import run_name
 
 if TYPE_CHECKING:
     from mnist_core.config import Limits
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 # Every setting, in TrainConfig's order ("extra" is reserved and always empty).
 CONFIG_COLUMNS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra")
 RUN_COLUMNS = (
-    "id", *CONFIG_COLUMNS, "status", "test_accuracy", "test_loss", "duration_s", "device_used",
+    "id", "name", *CONFIG_COLUMNS, "status", "test_accuracy", "test_loss", "duration_s", "device_used",
     "created", "epochs_done", "images_per_s", "parameters", "message", "owner",
 )
 # Numeric columns worth plotting against test accuracy, in the order a picker offers them.
@@ -64,7 +65,7 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     """
     rows = []
     for record in records:
-        row: dict[str, Any] = {"id": record.id}
+        row: dict[str, Any] = {"id": record.id, "name": run_name(record.config)}
         row.update({name: record.config.get(name) for name in CONFIG_COLUMNS})
         summary = record.summary or {}
         row.update(

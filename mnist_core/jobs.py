@@ -19,7 +19,10 @@ from mnist_core import access
 from mnist_core.access import Person
 from mnist_core.config import ConfigError, Limits, TrainConfig
 from mnist_core.data import Mnist
+from mnist_core.naming import run_name
 from mnist_core.runs import ACTIVE, QueueFull, RunRecord, RunStore
+from mnist_core.sweeps import Launched, SweepPlan, launch
+from mnist_core.sweeps import stop as stop_sweep
 from mnist_core.train import EpochEvent, StepEvent, TrainResult
 
 HOST = socket.gethostname()
@@ -68,7 +71,8 @@ class StopSignal:
 
     def __init__(self, store: RunStore, run_id: str, parent_pid: int | None = None):
         self.store, self.run_id, self.parent_pid = store, run_id, parent_pid
-        self.reason: str | None = None  # "requested" or "shutdown" once set
+        self.reason: str | None = None  # "requested", "shutdown" or "early" once set
+        self.message = ""
         self._next_check = 0.0
 
     def is_set(self) -> bool:
@@ -82,6 +86,10 @@ class StopSignal:
 
     def shutdown(self) -> None:
         self.reason = "shutdown"
+
+    def stop_early(self, message: str) -> None:
+        """A sweep's successive halving judged this run hopeless (see sweeps.should_stop_early)."""
+        self.reason, self.message = "early", message
 
 
 def execute(
@@ -102,6 +110,7 @@ def execute(
     failed, with the reason, and returns.
     """
     from mnist_core.evaluate import evaluate
+    from mnist_core.sweeps import should_stop_early
     from mnist_core.train import train
 
     record = store.get_run(run_id)
@@ -129,6 +138,9 @@ def execute(
         store.update_run(run_id, epochs_done=event.epoch)
         if on_epoch:
             on_epoch(event)
+        reason = should_stop_early(store, run_id, event.epoch, config.epochs)
+        if reason:
+            cancel.stop_early(reason)
 
     try:
         result = (train_function or train)(config, data, on_step=step, on_epoch=epoch, cancel=cancel)
@@ -151,6 +163,8 @@ def execute(
     status, message = result.status, result.message
     if status == "cancelled" and cancel.reason == "shutdown":
         status, message = "interrupted", INTERRUPTED
+    elif status == "cancelled" and cancel.reason == "early":
+        message = cancel.message
     elif status == "finished" and result.epochs_done == 0:
         status = "cancelled"
     store.transition(run_id, status, message, only_from=["running"])
@@ -209,6 +223,7 @@ class Waiting:
     owner: str
     position: int  # 1 = next
     start_in_s: float | None  # None when no throughput has been measured yet
+    name: str = ""  # the run's readable name (mnist_core.naming)
 
 
 class JobQueue:
@@ -221,12 +236,14 @@ class JobQueue:
 
     def __init__(self, store: RunStore, limits: Limits | None = None, data: str | None = None,
                  train: str | None = None, workers: int | None = None):
-        from mnist_core.workers import WorkerPool
+        from mnist_core.cluster import start_pool
 
         self.store = store
         self.limits = limits or Limits.from_env()
         recover(store)
-        self.pool = WorkerPool(store.root, workers or self.limits.max_concurrent, data=data, train=train)
+        # Local warm workers, or Ray actors with MNIST_RAY_ADDRESS; `cluster_problem` says why
+        # a named cluster is not used.
+        self.pool, self.cluster_problem = start_pool(store.root, workers or self.limits.max_concurrent, data, train)
 
     def submit(self, config: TrainConfig, person: Person) -> Submission:
         """Queue `config` for `person` (who must have a name: runs record their owner)."""
@@ -235,6 +252,16 @@ class JobQueue:
         if submission.outcome == "queued":
             self.pool.wake()
         return submission
+
+    def submit_sweep(self, plan: SweepPlan, person: Person, name: str = "", early_stop: bool = False) -> Launched:
+        """Queue every member of a sweep (all or none) and wake the trainers."""
+        launched = launch(self.store, plan, person, self.limits, name, early_stop)
+        if launched.queued:
+            self.pool.wake()
+        return launched
+
+    def stop_sweep(self, sweep_id: str, person: Person) -> int:
+        return stop_sweep(self.store, sweep_id, person, self.limits)
 
     def cancel(self, run_id: str, person: Person) -> bool:
         """Stop a queued or running run, whichever process trains it, if `person` owns it or is
@@ -258,6 +285,18 @@ class JobQueue:
         self.pool.shutdown(timeout)
 
 
+def queue_table(store: RunStore, trainers: int = 1) -> list[dict[str, str]]:
+    """The Train page's queue table: who trains now, then who waits, with estimated starts."""
+    from mnist_core.history import format_duration
+
+    rows = [{"place": "training", "who": r.owner, "run": run_name(r.config), "starts": "started"}
+            for r in store.list_runs(("running",))]
+    rows += [{"place": str(w.position), "who": w.owner, "run": w.name,
+              "starts": "not known yet" if w.start_in_s is None else f"in about {format_duration(w.start_in_s)}"}
+             for w in waiting_line(store, trainers)]
+    return rows
+
+
 def waiting_line(store: RunStore, trainers: int = 1) -> list[Waiting]:
     """Queued runs with their place and estimated start: the work left on running runs and on
     the runs ahead, at the speed recent runs of the same model were measured to train."""
@@ -268,7 +307,7 @@ def waiting_line(store: RunStore, trainers: int = 1) -> list[Waiting]:
     line = []
     for position, record in enumerate(store.waiting(), start=1):
         start = free_at.pop(0)  # the trainer that frees up first takes the next run
-        line.append(Waiting(record.id, record.owner, position, None if unknown else start))
+        line.append(Waiting(record.id, record.owner, position, None if unknown else start, run_name(record.config)))
         duration = planned_s(record.config, speeds)
         unknown = unknown or duration is None
         free_at = sorted(free_at + [start + (duration or 0.0)])

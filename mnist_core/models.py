@@ -43,7 +43,7 @@ def build_linear(dropout: float) -> Classifier:
 
 
 def build_mlp(dropout: float) -> Classifier:
-    """The seed guide's SimpleNet: 784 -> 128 -> 10 with ReLU."""
+    """784 -> 128 -> 10 with ReLU: the smallest network with a hidden layer (the MLP guide's SimpleNet)."""
     return Classifier(
         nn.Sequential(nn.Flatten(), nn.Linear(784, 128), nn.ReLU(), nn.Dropout(dropout)),
         nn.Linear(128, 10),
@@ -51,7 +51,8 @@ def build_mlp(dropout: float) -> Classifier:
 
 
 def build_cnn_small(dropout: float) -> Classifier:
-    """The complete guide's CNN: conv 1->16->32 (3x3, pad 1, ReLU, pool) then 1568 -> 128 -> 10."""
+    """conv 1->16->32 (3x3, pad 1, ReLU, pool) then 1568 -> 128 -> 10: a small, quick CNN that
+    reaches ~98% in one epoch (after the complete CNN guide's network)."""
     return Classifier(
         nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -118,13 +119,17 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("linear", "Softmax regression on the 784 pixels (the seed's from-scratch model).", build_linear),
-        ModelSpec("mlp", "784-128-10 with ReLU (the seed guide's SimpleNet).", build_mlp),
-        ModelSpec("cnn-small", "Conv 16-32 (3x3) + 1568-128-10, the complete guide's CNN.", build_cnn_small),
-        ModelSpec("cnn-classic", "The classic PyTorch tutorial net: 5x5 convs, 10 and 20 channels, 320-50-10.",
+        ModelSpec("linear", "No hidden layer: one weight per pixel and digit. Trains in seconds; the baseline.",
+                  build_linear),
+        ModelSpec("mlp", "One hidden layer of 128 ReLU units. Quick, but blind to which pixels are neighbours.",
+                  build_mlp),
+        ModelSpec("cnn-small", "Two 3x3 conv layers (16, 32 filters) with pooling, then 128 units. "
+                               "Reads drawings well.", build_cnn_small),
+        ModelSpec("cnn-classic", "Two 5x5 conv layers (10, 20 filters) with dropout, then 50 units: tiny yet strong.",
                   build_cnn_classic, 0.5),
-        ModelSpec("cnn-fast", "Two 5x5 convs with batch-norm: fastest CPU time to 99%.", build_cnn_fast),
-        ModelSpec("cnn-best", "VGG-style 32-32-64-64-128 with batch-norm and dropout: best accuracy.",
+        ModelSpec("cnn-fast", "Two 5x5 conv layers (16, 32 filters) with batch-norm: the fastest CPU route to 99%.",
+                  build_cnn_fast),
+        ModelSpec("cnn-best", "Five 3x3 conv layers (32 to 128 filters), batch-norm and dropout: the most accurate.",
                   build_cnn_best, 0.25),
     )
 }

@@ -3,21 +3,31 @@ digits, and shaping what the Evaluate and Draw pages show (galleries, tables, ch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, ImageDraw
 
 from mnist_core.data import Mnist
 from mnist_core.evaluate import Evaluation, evaluate, evaluation_from_probabilities
+from mnist_core.naming import run_name
 from mnist_core.models import Classifier, build_model
-from mnist_core.preprocess import canvas_to_gray, load_uploaded_image, mnist_style, normalise
+from mnist_core.preprocess import load_uploaded_image, mnist_style, normalise
 from mnist_core.runs import WEIGHTS, RunRecord, RunStore, RunStoreError
 
 EVALUATION = "evaluation"  # the tensor file jobs.execute writes next to the weights
+# Drawn strokes are redrawn with a pen whose width is this fraction of the drawing's longer side:
+# after MNIST-style scaling to a 20-pixel box that is about 3 pixels, as thick as MNIST's own
+# strokes (its 1s carry about 3 pixels of ink per row), whether the digit was drawn small or large.
+PEN = 0.15
+MIN_EXTENT = 0.05  # a dot or a tiny scribble is drawn as if it spanned 5% of the canvas
+RENDER_SIDE = 160  # pixels the drawing's longer side gets before mnist_style shrinks it to 20
+MAX_STROKES = 200  # more is not a digit; the browser sends what it likes, so it is bounded here
+MAX_POINTS = 20_000
 
 
 def load_run_model(store: RunStore, run_id: str) -> Classifier:
@@ -41,10 +51,11 @@ def finished_runs(store: RunStore) -> list[RunRecord]:
 
 
 def run_label(record: RunRecord) -> str:
-    """How a run is named in a selectbox: model, test accuracy, who launched it, and id."""
+    """How a run is named in a selectbox: its readable name (model and what differs from the
+    defaults), test accuracy, who launched it, and id."""
     accuracy = "accuracy unknown" if record.test_accuracy is None else f"{record.test_accuracy:.2%}"
     owner = f" · by {record.owner}" if record.owner else ""
-    return f"{record.config.get('model', '?')} · {accuracy}{owner} · {record.id}"
+    return f"{run_name(record.config)} · {accuracy}{owner} · {record.id}"
 
 
 def default_run_index(runs: list[RunRecord], wanted: str | None) -> int:
@@ -174,11 +185,54 @@ def predict_image(model: Classifier, gray: np.ndarray) -> Prediction | None:
     return Prediction(int(probs.argmax()), probs, image)
 
 
-def predict_canvas(model: Classifier, rgba: np.ndarray | None) -> Prediction | None:
-    """Classify what the drawing canvas returned; None while it is blank (or not sent yet)."""
-    if rgba is None:
+def strokes_to_gray(strokes: Sequence[Sequence[Sequence[float]]]) -> np.ndarray | None:
+    """Strokes drawn on the canvas -> float32 ink image in [0, 1]; None when there are none.
+
+    Each stroke is a list of (x, y) points in canvas units (0..1 across the canvas, whatever its
+    size on screen); one point is a dot. The pen width scales with the drawing (see PEN), so a
+    small digit is not a blob and a large one is not a hairline once MNIST-style scaled.
+    Raises ValueError for anything that is not such a list.
+    """
+    if not isinstance(strokes, (list, tuple)) or len(strokes) > MAX_STROKES:
+        raise ValueError(f"expected a list of at most {MAX_STROKES} strokes.")
+    lines: list[np.ndarray] = []
+    for stroke in strokes:
+        if isinstance(stroke, (list, tuple)) and sum(len(line) for line in lines) + len(stroke) > MAX_POINTS:
+            raise ValueError(f"the drawing has more than {MAX_POINTS} points.")
+        try:
+            points = np.asarray(stroke, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError("each stroke must be a list of (x, y) number pairs.") from err
+        if points.size == 0:
+            continue
+        if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+            raise ValueError("each stroke must be a list of (x, y) number pairs.")
+        lines.append(np.clip(points, 0.0, 1.0))
+    if not lines:
         return None
-    return predict_image(model, canvas_to_gray(rgba))
+    everything = np.concatenate(lines)
+    low = everything.min(axis=0)
+    extent = max(float((everything.max(axis=0) - low).max()), MIN_EXTENT)
+    scale = RENDER_SIDE / extent
+    pen = max(1, round(PEN * RENDER_SIDE))
+    margin = pen  # room for the pen's half width on every side, and then some
+    size = np.ceil((everything.max(axis=0) - low) * scale).astype(int) + 2 * margin + 1
+    image = Image.new("L", (int(size[0]), int(size[1])), 0)
+    draw = ImageDraw.Draw(image)
+    radius = pen / 2
+    for points in lines:
+        xy = [(float(x), float(y)) for x, y in (points - low) * scale + margin]
+        if len(xy) > 1:
+            draw.line(xy, fill=255, width=pen, joint="curve")
+        for x, y in (xy[0], xy[-1]) if len(xy) > 1 else xy:  # round ends, and dots
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def predict_strokes(model: Classifier, strokes: Sequence[Sequence[Sequence[float]]]) -> Prediction | None:
+    """Classify strokes drawn on the canvas (see strokes_to_gray); None while there are none."""
+    gray = strokes_to_gray(strokes)
+    return None if gray is None else predict_image(model, gray)
 
 
 def predict_upload(model: Classifier, data: bytes) -> Prediction | None:

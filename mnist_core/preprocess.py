@@ -77,7 +77,7 @@ def ink_from_luminance(lum: np.ndarray, alpha: np.ndarray | None = None) -> np.n
 
 
 def canvas_to_gray(rgba: np.ndarray) -> np.ndarray:
-    """A streamlit-drawable-canvas array (H x W x 4 uint8) -> float32 H x W ink in [0, 1].
+    """A drawing as an RGBA array (H x W x 4 uint8) -> float32 H x W ink in [0, 1].
 
     Works for white strokes on black, black strokes on white and strokes on a transparent
     background alike; also accepts H x W (grey), H x W x 1 and H x W x 3 arrays.

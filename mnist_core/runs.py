@@ -32,7 +32,7 @@ ACTIVE = ("queued", "running")
 TERMINAL = tuple(s for s in STATUSES if s not in ACTIVE)
 REUSABLE = ("finished", "diverged")  # outcomes that identical configs simply reuse
 
-SCHEMA_VERSION = 3  # 3: people (claimed names) and class_settings (the pinned run)
+SCHEMA_VERSION = 4  # 3: people (claimed names) and class_settings (the pinned run); 4: sweeps
 BUSY_TIMEOUT_S = 10.0
 RUN_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 TENSOR_NAME = re.compile(r"[a-z0-9_-]{1,64}")
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 CREATE INDEX IF NOT EXISTS runs_queue ON runs (status, created);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
+CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, started);
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
     step INTEGER NOT NULL,
@@ -112,6 +113,35 @@ CREATE TABLE IF NOT EXISTS class_settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    created REAL NOT NULL,
+    spec TEXT NOT NULL,
+    early_stop INTEGER NOT NULL DEFAULT 0,
+    stopped INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sweep_members (
+    sweep_id TEXT NOT NULL REFERENCES sweeps (id) ON DELETE CASCADE,
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    params TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    early_stopped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sweep_id, run_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sweep_members_run ON sweep_members (run_id);
+"""
+# Waiting runs start in turns between people: each person's first waiting run before anyone's
+# second, and between people the one served least recently first; then in click order. A
+# 64-member sweep never makes a classmate wait for all of it.
+QUEUE_ORDER = """
+SELECT * FROM (
+    SELECT q.*, q.rowid AS seq, ROW_NUMBER() OVER (PARTITION BY q.owner ORDER BY q.created, q.rowid) AS turn,
+           (SELECT MAX(s.started) FROM runs s WHERE s.owner = q.owner) AS served
+    FROM runs q WHERE q.status = 'queued'
+) ORDER BY turn, COALESCE(served, 0), created, seq
 """
 # Columns added by schema version 2 (added to a version-1 database when it is opened).
 ADDED_COLUMNS = {
@@ -163,6 +193,28 @@ class RunRecord:
     def active(self) -> bool:
         """Queued or running: a worker owns it, so it must not be deleted or reset."""
         return self.status in ACTIVE
+
+
+@dataclass
+class SweepRecord:
+    """A named set of runs launched together; `spec` holds what was swept and how."""
+
+    id: str
+    name: str
+    owner: str
+    created: float
+    spec: dict
+    early_stop: bool
+    stopped: bool
+
+
+@dataclass
+class SweepMember:
+    run_id: str
+    position: int
+    params: dict  # the swept settings' values for this member
+    outcome: str  # at launch: "cached", "joined" or "queued"
+    early_stopped: bool
 
 
 def check_run_id(run_id: object) -> str:
@@ -496,25 +548,27 @@ class RunStore:
                         f"the server's queue is full ({waiting} runs waiting, limit {max_total}); "
                         "try again when some have started"
                     )
-            if row is None:
-                now = time.time()
-                status, started, pid, host = ("running", now, *worker) if worker else ("queued", None, None, "")
-                conn.execute(
-                    "INSERT INTO runs (id, config, status, created, started, owner, worker_pid, worker_host) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, payload, status, now, started, owner, pid, host),
-                )
-            else:
-                self._reset(conn, run_id, payload, owner, worker)
+            self._insert_or_reset(conn, row, run_id, payload, owner, worker)
             return "queued"
+
+    def _insert_or_reset(self, conn: sqlite3.Connection, row: sqlite3.Row | None, run_id: str, payload: str,
+                         owner: str, worker: tuple[int, str] | None) -> None:
+        if row is None:
+            now = time.time()
+            status, started, pid, host = ("running", now, *worker) if worker else ("queued", None, None, "")
+            conn.execute(
+                "INSERT INTO runs (id, config, status, created, started, owner, worker_pid, worker_host) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, payload, status, now, started, owner, pid, host),
+            )
+        else:
+            self._reset(conn, run_id, payload, owner, worker)
 
     def claim_next(self, pid: int, host: str) -> RunRecord | None:
         """The oldest queued run, now running and owned by worker `pid` on `host`; None when
         nothing waits. One transaction: two workers never get the same run."""
         with self._write() as conn:
-            row = conn.execute(
-                "SELECT id FROM runs WHERE status = 'queued' ORDER BY created, rowid LIMIT 1"
-            ).fetchone()
+            row = conn.execute(f"SELECT id FROM ({QUEUE_ORDER}) LIMIT 1").fetchone()
             if row is None:
                 return None
             self._claim(conn, row[0], pid, host)
@@ -535,8 +589,8 @@ class RunStore:
         return cursor.rowcount == 1
 
     def waiting(self) -> list[RunRecord]:
-        """Queued runs in the order they will start (the order of the clicks)."""
-        rows = self._read("SELECT * FROM runs WHERE status = 'queued' ORDER BY created, rowid")
+        """Queued runs in the order they will start: in turns between owners, then by click."""
+        rows = self._read(QUEUE_ORDER)
         return [self._record(r) for r in rows]
 
     def request_stop(self, run_id: str) -> bool:
@@ -570,6 +624,108 @@ class RunStore:
         with self._write() as conn:
             self._require_inactive(run_id, "delete", conn)
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))  # steps and epochs cascade
+
+    # -- sweeps -------------------------------------------------------------------------------
+    # A sweep is a named list of ordinary runs: a member trained before is simply reused.
+
+    def create_sweep(
+        self, sweep_id: str, name: str, owner: str, spec: dict, members: list[tuple[str, dict, dict]],
+        early_stop: bool = False, max_total: int | None = None, max_active_per_owner: int | None = None,
+    ) -> dict[str, str]:
+        """Record a sweep and queue its members (run id, config, swept values) in one
+        transaction: all of them or, when a limit is hit (QueueFull), none. Returns each
+        member's outcome: "cached", "joined" or "queued"."""
+        check_run_id(sweep_id)
+        spec_json = to_json(spec, "sweep spec")
+        rows = [(check_run_id(run_id), to_json(check_config(config), "config"), to_json(params, "params"))
+                for run_id, config, params in members]
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
+                raise RunStoreError(f"sweep {sweep_id!r} exists already")
+            if max_active_per_owner is not None:
+                active = conn.execute(
+                    "SELECT COUNT(DISTINCT s.id) FROM sweeps s JOIN sweep_members m ON m.sweep_id = s.id "
+                    "JOIN runs r ON r.id = m.run_id WHERE s.owner = ? AND s.stopped = 0 "
+                    "AND r.status IN ('queued', 'running')", (owner,)).fetchone()[0]
+                if active >= max_active_per_owner:
+                    raise QueueFull(f"you already have {active} sweep(s) in progress (limit "
+                                    f"{max_active_per_owner} per person); wait for it to end or stop it")
+            outcomes: dict[str, str] = {}
+            fresh = []
+            for run_id, payload, _ in rows:
+                if run_id in outcomes:
+                    continue
+                row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                if row is not None and row[0] in REUSABLE:
+                    outcomes[run_id] = "cached"
+                elif row is not None and row[0] in ACTIVE:
+                    outcomes[run_id] = "joined"
+                else:
+                    outcomes[run_id] = "queued"
+                    fresh.append((row, run_id, payload))
+            if max_total is not None and fresh:
+                waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued'").fetchone()[0]
+                if waiting + len(fresh) > max_total:
+                    raise QueueFull(
+                        f"the server's queue cannot take {len(fresh)} more runs ({waiting} waiting, limit "
+                        f"{max_total}); choose fewer values or try again later"
+                    )
+            for row, run_id, payload in fresh:
+                self._insert_or_reset(conn, row, run_id, payload, owner, None)
+            conn.execute("INSERT INTO sweeps (id, name, owner, created, spec, early_stop) VALUES (?, ?, ?, ?, ?, ?)",
+                         (sweep_id, name, owner, time.time(), spec_json, int(early_stop)))
+            conn.executemany(
+                "INSERT OR IGNORE INTO sweep_members (sweep_id, run_id, position, params, outcome) VALUES (?, ?, ?, ?, ?)",
+                [(sweep_id, run_id, position, params, outcomes[run_id])
+                 for position, (run_id, _, params) in enumerate(rows)],
+            )
+            return outcomes
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord | None:
+        rows = self._read("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        return self._sweep(rows[0]) if rows else None
+
+    def list_sweeps(self) -> list[SweepRecord]:
+        """Every sweep, newest first."""
+        return [self._sweep(r) for r in self._read("SELECT * FROM sweeps ORDER BY created DESC")]
+
+    def sweep_members(self, sweep_id: str) -> list[SweepMember]:
+        rows = self._read("SELECT * FROM sweep_members WHERE sweep_id = ? ORDER BY position", (sweep_id,))
+        return [SweepMember(r["run_id"], r["position"], json.loads(r["params"]), r["outcome"],
+                            bool(r["early_stopped"])) for r in rows]
+
+    def sweeps_of_run(self, run_id: str) -> list[SweepRecord]:
+        rows = self._read("SELECT s.* FROM sweeps s JOIN sweep_members m ON m.sweep_id = s.id "
+                          "WHERE m.run_id = ? ORDER BY s.created", (run_id,))
+        return [self._sweep(r) for r in rows]
+
+    def mark_early_stopped(self, sweep_id: str, run_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE sweep_members SET early_stopped = 1 WHERE sweep_id = ? AND run_id = ?",
+                         (sweep_id, run_id))
+
+    def mark_sweep_stopped(self, sweep_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE sweeps SET stopped = 1 WHERE id = ?", (sweep_id,))
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """Forget the sweep; its runs stay (they are ordinary runs, perhaps shared)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
+
+    def epoch_metric(self, sweep_id: str, epoch: int) -> dict[str, float]:
+        """Each member's validation accuracy (test accuracy without a validation split) after
+        `epoch`, for the members that reached it: what successive halving compares."""
+        rows = self._read(
+            "SELECT e.run_id, COALESCE(e.val_accuracy, e.test_accuracy) FROM epochs e "
+            "JOIN sweep_members m ON m.run_id = e.run_id WHERE m.sweep_id = ? AND e.epoch = ?",
+            (sweep_id, epoch))
+        return {r[0]: r[1] for r in rows if r[1] is not None}
+
+    @staticmethod
+    def _sweep(row: sqlite3.Row) -> SweepRecord:
+        return SweepRecord(row["id"], row["name"], row["owner"], row["created"], json.loads(row["spec"]),
+                           bool(row["early_stop"]), bool(row["stopped"]))
 
     # -- people and class settings -------------------------------------------------------------
 
@@ -719,6 +875,9 @@ class RunStore:
 
     def _record(self, row: sqlite3.Row) -> RunRecord:
         values = dict(row)
+        values.pop("turn", None)  # the queue order's helper columns
+        values.pop("served", None)
+        values.pop("seq", None)
         values["config"] = json.loads(values["config"])
         values["summary"] = json.loads(values["summary"])
         return RunRecord(**values)

@@ -242,6 +242,50 @@ def load_data(spec: str, shared_dir: Path):
     return with_shared_normalised(data, shared_dir), None
 
 
+class DataSource:
+    """The worker's MNIST, loaded once; retried at the next run while it is missing."""
+
+    def __init__(self, spec: str, shared_dir: Path):
+        self.spec, self.shared_dir = spec, shared_dir
+        self.data, self.error = load_data(spec, shared_dir)
+
+    def get(self):
+        if self.data is None:  # the operator may have installed the files since
+            self.data, self.error = load_data(self.spec, self.shared_dir)
+        return self.data
+
+
+def serve(store, data_source: DataSource, train_function, current: list, stopping: threading.Event,
+          wait, parent: int | None = None) -> None:
+    """Claim queued runs and train them one after another until `stopping` (or the parent
+    process is gone). `wait(timeout)` sleeps until woken; False means stop. Shared by the local
+    worker processes and the Ray actors (mnist_core.cluster), so both run a run the same way."""
+    from mnist_core.config import ConfigError, TrainConfig
+    from mnist_core.jobs import HOST, StopSignal, execute
+
+    while not stopping.is_set() and (parent is None or os.getppid() == parent):
+        record = store.claim_next(os.getpid(), HOST)
+        if record is None:
+            if not wait(POLL_S):
+                break
+            continue
+        data = data_source.get()
+        if data is None:
+            store.transition(record.id, "failed", f"MNIST is not available on the server: {data_source.error}",
+                             only_from=["running"])
+            continue
+        try:
+            config = TrainConfig.from_dict(record.config)
+        except (ConfigError, TypeError) as err:
+            store.transition(record.id, "failed", f"Stored settings are not valid: {err}", only_from=["running"])
+            continue
+        current[:] = [StopSignal(store, record.id, parent)]
+        if stopping.is_set():
+            current[0].shutdown()
+        execute(store, record.id, config, data, current[0], train_function=train_function)
+        current.clear()
+
+
 def wait_for_wake(timeout: float) -> bool:
     """Sleep until woken through stdin or `timeout`; False when stdin closed (the server is gone)."""
     try:
@@ -270,8 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from mnist_core.config import ConfigError, TrainConfig
-    from mnist_core.jobs import HOST, StopSignal, execute
+    from mnist_core.jobs import StopSignal
     from mnist_core.runs import RunStore
 
     current: list[StopSignal] = []
@@ -284,33 +327,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_terminate)
     warm_up()
-    train_function = resolve(args.train)
     store = RunStore(args.runs_dir)
     shared_dir = Path(args.shared_dir)
-    data, data_error = load_data(args.data, shared_dir)
+    data_source = DataSource(args.data, shared_dir)
     (shared_dir / f"ready-{os.getpid()}").touch()
-    while not stopping.is_set() and os.getppid() == args.parent:
-        record = store.claim_next(os.getpid(), HOST)
-        if record is None:
-            if not wait_for_wake(POLL_S):
-                break
-            continue
-        if data is None:  # the operator may have installed the files since: try again
-            data, data_error = load_data(args.data, shared_dir)
-        if data is None:
-            store.transition(record.id, "failed", f"MNIST is not available on the server: {data_error}",
-                             only_from=["running"])
-            continue
-        try:
-            config = TrainConfig.from_dict(record.config)
-        except (ConfigError, TypeError) as err:
-            store.transition(record.id, "failed", f"Stored settings are not valid: {err}", only_from=["running"])
-            continue
-        current[:] = [StopSignal(store, record.id, args.parent)]
-        if stopping.is_set():
-            current[0].shutdown()
-        execute(store, record.id, config, data, current[0], train_function=train_function)
-        current.clear()
+    serve(store, data_source, resolve(args.train), current, stopping, wait_for_wake, args.parent)
     return 0
 
 

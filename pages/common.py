@@ -186,8 +186,11 @@ def sidebar() -> None:
         st.caption("Compute: " + describe_device())
         queue = get_queue()
         ready, count = queue.pool.ready(), queue.pool.count
-        st.caption(f"Trainers: {ready} of {count} ready" if ready < count else
-                   f"Trainers: {count} ready" if count > 1 else "Trainer: ready")
+        where = " on the Ray cluster" if getattr(queue.pool, "backend", "") == "ray" else ""
+        st.caption(f"Trainers{where}: {ready} of {count} ready" if ready < count else
+                   f"Trainers{where}: {count} ready" if count > 1 or where else "Trainer: ready")
+        if queue.cluster_problem:
+            st.caption(queue.cluster_problem)
         st.caption(f"Stored runs: {get_store().count()}")
         identity_panel()
         write_cookie()

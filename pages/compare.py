@@ -21,13 +21,14 @@ from mnist_core.history import (
     runs_frame,
     visible_runs,
 )
+from mnist_core.naming import run_colour
 from mnist_core.runs import RunStoreError
 from mnist_core.text import plain
 from pages.common import current_person, get_store, help_text, limits, scope_owner
 
 TABLE_COLUMNS = (  # results first, so they stay in view on narrow screens
-    "id", "owner", "status", "test_accuracy", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
-    "dropout", "schedule", "augment", "val_split", "seed", "duration_s", "device_used", "created",
+    "name", "owner", "status", "test_accuracy", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
+    "dropout", "schedule", "augment", "val_split", "seed", "duration_s", "device_used", "created", "id",
 )
 SPLIT_NAMES = {"test": "Test", "val": "Validation", "train": "Train"}
 HYPERPARAMETER_NAMES = {
@@ -126,7 +127,8 @@ event = st.dataframe(
     shown[list(TABLE_COLUMNS)], key="compare_table", on_select="rerun", selection_mode="multi-row",
     hide_index=True,
     column_config={
-        "id": st.column_config.TextColumn("Run", help="Model name plus a hash of every setting."),
+        "name": st.column_config.TextColumn("Run", help="The model and every setting that differs from the defaults."),
+        "id": st.column_config.TextColumn("Id", help="Model name plus a hash of every setting: the run's identity."),
         "owner": st.column_config.TextColumn("Who", help="Who launched it."),
         "status": st.column_config.TextColumn("Status"),
         "test_accuracy": st.column_config.NumberColumn("Test accuracy", format="percent"),
@@ -166,18 +168,20 @@ else:
         "Curves measured on", list(SPLIT_NAMES), format_func=SPLIT_NAMES.get, horizontal=True,
         key="compare_split", help=help_text("splits"),
     )
+    names = dict(zip(frame["id"], frame["name"]))
+    colours = {names[i]: run_colour(i) for i in selected}  # a run keeps its colour on every page
     epochs = cached_curves(tuple(selected), "epoch", 1.0, versions)
-    epochs = epochs[epochs["split"] == split]
+    epochs = epochs[epochs["split"] == split].assign(name=lambda f: f["run_id"].map(names))
     if epochs.empty:
         st.warning(f"The selected runs have no {SPLIT_NAMES[split].lower()} measurements "
                    "(a validation split of 0 leaves no validation set).")
     else:
         left, right = st.columns(2)
-        accuracy = px.line(epochs, x="epoch", y="accuracy", color="run_id", markers=True, labels={"run_id": "run"},
-                           color_discrete_sequence=COLOURS, title=f"{SPLIT_NAMES[split]} accuracy per epoch")
+        accuracy = px.line(epochs, x="epoch", y="accuracy", color="name", markers=True, labels={"name": "run"},
+                           color_discrete_map=colours, hover_data={"run_id": True}, title=f"{SPLIT_NAMES[split]} accuracy per epoch")
         accuracy.update_yaxes(tickformat=".1%", range=accuracy_range(epochs["accuracy"]))
-        loss = px.line(epochs, x="epoch", y="loss", color="run_id", markers=True, log_y=True, labels={"run_id": "run"},
-                       color_discrete_sequence=COLOURS, title=f"{SPLIT_NAMES[split]} loss per epoch (log scale)")
+        loss = px.line(epochs, x="epoch", y="loss", color="name", markers=True, log_y=True, labels={"name": "run"},
+                       color_discrete_map=colours, hover_data={"run_id": True}, title=f"{SPLIT_NAMES[split]} loss per epoch (log scale)")
         loss.update_yaxes(tickformat=".3~g", dtick="D2")  # log ticks at 1, 2, 5 x 10^n as plain numbers
         for figure in (accuracy, loss):
             figure.update_xaxes(dtick=1)
@@ -192,9 +196,10 @@ else:
     )
     steps = cached_curves(tuple(selected), "step", round(1 - smoothing, 4), versions)
     if not steps.empty:
-        figure = px.line(steps, x="step", y="loss_smooth", color="run_id", log_y=True, color_discrete_sequence=COLOURS,
+        steps = steps.assign(name=steps["run_id"].map(names))
+        figure = px.line(steps, x="step", y="loss_smooth", color="name", log_y=True, color_discrete_map=colours,
                          title="Training loss per step (smoothed, log scale)",
-                         labels={"loss_smooth": "loss", "step": "step (batch)", "run_id": "run"})
+                         labels={"loss_smooth": "loss", "step": "step (batch)", "name": "run"})
         figure.update_yaxes(tickformat=".3~g", dtick="D2")
         figure.update_layout(height=360, legend={"orientation": "h", "y": -0.25}, margin={"t": 50})
         st.plotly_chart(figure, key="compare_steps")
@@ -213,7 +218,7 @@ else:
              "runs differ in this setting only.",
     )
     scatter = px.scatter(
-        scored, x=parameter, y="test_accuracy", color="model", hover_name="id", color_discrete_sequence=COLOURS,
+        scored, x=parameter, y="test_accuracy", color="model", hover_name="name", color_discrete_sequence=COLOURS,
         hover_data={"status": True, "epochs": True, "optimizer": True},
         log_x=parameter == "lr", labels={parameter: HYPERPARAMETER_NAMES[parameter], "test_accuracy": "test accuracy"},
         title=f"{HYPERPARAMETER_NAMES[parameter]} versus test accuracy",
@@ -235,8 +240,9 @@ with st.expander("Delete a run"):
     elif not candidates:
         st.caption("None of the matching runs is yours to delete: only a run's owner or the teacher may delete it.")
     else:
+        label = dict(zip(frame["id"], frame["name"]))
         target = st.selectbox(
-            "Run to delete", candidates, key="compare_delete_target",
+            "Run to delete", candidates, key="compare_delete_target", format_func=lambda i: f"{label[i]} ({i})",
             help="Your runs among the ticked rows (or, with none ticked, among the matching runs).",
         )
         row = frame[frame["id"] == target].iloc[0]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from streamlit_drawable_canvas import st_canvas
 
 from mnist_core.models import Classifier
 from mnist_core.predict import (
@@ -13,7 +12,7 @@ from mnist_core.predict import (
     default_run_index,
     enlarge,
     load_run_model,
-    predict_canvas,
+    predict_strokes,
     predict_upload,
     run_label,
 )
@@ -21,7 +20,8 @@ from mnist_core.preprocess import ImageError
 from mnist_core.text import plain, report
 from pages.common import get_store, help_text, require_finished_runs
 
-CANVAS_SIDE = 280
+CANVAS_SIDE = 280  # at most; narrower on a narrow column, so nothing is ever clipped
+BRUSH = 0.06  # the pen on screen, as a fraction of the canvas side (the model's pen scales itself)
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff"]
 DRAW, UPLOAD = "Draw on the canvas", "Upload a picture"
 
@@ -33,10 +33,150 @@ def cached_model(run_id: str, finished: float | None) -> Classifier:
     return load_run_model(get_store(), run_id)
 
 
-def clear_drawing() -> None:
-    """A new canvas key gives an empty canvas; the old drawing stops being the model's input."""
-    st.session_state["draw_canvas_number"] = st.session_state.get("draw_canvas_number", 0) + 1
-    st.session_state.pop("drawn_digit", None)
+# Our own drawing surface instead of streamlit-drawable-canvas: since 0.11 that canvas always has
+# a hover toolbar, invisible until hovered, lying over the top of the drawing, which swallowed
+# strokes started there (always with touch). This one takes pointer events (mouse, pen, touch)
+# anywhere on the canvas, keeps its strokes in canvas units (0..1, so the canvas may take any
+# size) and sends them when a stroke ends; mnist_core.predict draws them for the model.
+SURFACE_HTML = """
+<div class="draw-root">
+  <canvas class="draw-surface" role="img" aria-label="Drawing canvas: draw one digit"></canvas>
+  <div class="draw-actions">
+    <button type="button" data-action="undo" title="Take back the last stroke">Undo</button>
+    <button type="button" data-action="clear" title="Start again on an empty canvas">Clear</button>
+  </div>
+</div>
+"""
+SURFACE_CSS = """
+.draw-root { width: 100%; }
+.draw-surface { display: block; background: #000; touch-action: none; cursor: crosshair;
+  border-radius: var(--st-base-radius, 0.5rem); user-select: none; -webkit-user-select: none; }
+.draw-actions { display: flex; gap: 0.5rem; margin-top: 0.5rem; }
+.draw-actions button { font: inherit; font-size: 0.875rem; color: var(--st-text-color, #31333f);
+  background: var(--st-background-color, #fff); border: 1px solid var(--st-border-color, #d5dae5);
+  border-radius: var(--st-button-radius, 0.5rem); padding: 0.25rem 0.75rem; min-height: 2.25rem;
+  cursor: pointer; }
+.draw-actions button:hover:not(:disabled) { border-color: var(--st-primary-color, #ff4b4b);
+  color: var(--st-primary-color, #ff4b4b); }
+.draw-actions button:disabled { opacity: 0.45; cursor: not-allowed; }
+"""
+SURFACE_JS = """
+const surfaces = new WeakMap();
+const round = (v) => Math.round(Math.min(1, Math.max(0, v)) * 10000) / 10000;
+
+function redraw(s) {
+  const ctx = s.canvas.getContext("2d");
+  const scale = s.side * (window.devicePixelRatio || 1);
+  ctx.setTransform(scale, 0, 0, scale, 0, 0);  // draw in canvas units, 0..1
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, 1, 1);
+  for (const stroke of s.strokes) paint(s, stroke, 0);
+  s.undo.disabled = s.clear.disabled = s.strokes.length === 0;
+}
+
+function paint(s, stroke, from) {  // the stroke's segments from point `from` on (a dot if alone)
+  const ctx = s.canvas.getContext("2d");
+  ctx.strokeStyle = ctx.fillStyle = "#fff";
+  ctx.lineWidth = s.brush;
+  ctx.lineCap = ctx.lineJoin = "round";
+  if (stroke.length === 1) {
+    ctx.beginPath();
+    ctx.arc(stroke[0][0], stroke[0][1], s.brush / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    return;
+  }
+  ctx.beginPath();
+  ctx.moveTo(...stroke[Math.max(0, from - 1)]);
+  for (let i = Math.max(1, from); i < stroke.length; i++) ctx.lineTo(...stroke[i]);
+  ctx.stroke();
+}
+
+function fit(s) {  // as wide as the column allows, at most maxSide; strokes redrawn at the new size
+  const available = Math.floor(s.root.getBoundingClientRect().width) || s.maxSide;
+  const side = Math.max(120, Math.min(s.maxSide, available));
+  if (side === s.side) return;
+  s.side = side;
+  const pixels = Math.round(side * (window.devicePixelRatio || 1));
+  s.canvas.style.width = s.canvas.style.height = `${side}px`;
+  s.canvas.width = s.canvas.height = pixels;
+  redraw(s);
+}
+
+function point(s, event) {
+  const box = s.canvas.getBoundingClientRect();
+  return [round((event.clientX - box.left) / box.width), round((event.clientY - box.top) / box.height)];
+}
+
+function create(root, data) {
+  const s = {
+    root, canvas: root.querySelector("canvas"), undo: root.querySelector("[data-action=undo]"),
+    clear: root.querySelector("[data-action=clear]"), side: 0, pointer: null, send: null,
+    strokes: Array.isArray(data.strokes) ? data.strokes : [], maxSide: data.max_side, brush: data.brush,
+  };
+  const end = (event) => {
+    if (event.pointerId !== s.pointer) return;
+    s.pointer = null;
+    redraw(s);
+    s.send(s.strokes);
+  };
+  s.canvas.addEventListener("pointerdown", (event) => {
+    if (s.pointer !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
+    event.preventDefault();
+    s.canvas.setPointerCapture(event.pointerId);
+    s.pointer = event.pointerId;
+    s.strokes.push([point(s, event)]);
+    paint(s, s.strokes[s.strokes.length - 1], 0);
+  });
+  s.canvas.addEventListener("pointermove", (event) => {
+    if (event.pointerId !== s.pointer) return;
+    event.preventDefault();
+    const stroke = s.strokes[s.strokes.length - 1];
+    const from = stroke.length;
+    for (const e of event.getCoalescedEvents ? event.getCoalescedEvents() : [event]) {
+      const [x, y] = point(s, e);
+      const [px, py] = stroke[stroke.length - 1];
+      if (Math.abs(x - px) + Math.abs(y - py) >= 0.002) stroke.push([x, y]);
+    }
+    if (stroke.length > from) paint(s, stroke, from);
+  });
+  s.canvas.addEventListener("pointerup", end);
+  s.canvas.addEventListener("pointercancel", end);  // what was drawn so far still counts
+  s.canvas.addEventListener("lostpointercapture", end);
+  s.undo.addEventListener("click", () => { s.strokes.pop(); redraw(s); s.send(s.strokes); });
+  s.clear.addEventListener("click", () => { s.strokes = []; redraw(s); s.send(s.strokes); });
+  s.observer = new ResizeObserver(() => fit(s));
+  s.observer.observe(root);
+  return s;
+}
+
+export default function (component) {
+  const { parentElement, data, setStateValue } = component;
+  let s = surfaces.get(parentElement);
+  if (!s) {
+    s = create(parentElement.querySelector(".draw-root"), data);
+    surfaces.set(parentElement, s);
+  }
+  s.send = (strokes) => setStateValue("strokes", strokes);
+  if (s.maxSide !== data.max_side || s.brush !== data.brush) {
+    s.maxSide = data.max_side;
+    s.brush = data.brush;
+    s.side = 0;
+  }
+  fit(s);
+  return () => {
+    s.observer.disconnect();
+    surfaces.delete(parentElement);
+  };
+}
+"""
+draw_surface = st.components.v2.component("mnist_draw_surface", html=SURFACE_HTML, css=SURFACE_CSS, js=SURFACE_JS)
+
+
+def look_inside(run_id: str) -> None:
+    """Open Inside the network on the digit just read, with the model that read it."""
+    st.session_state["inside_run"] = run_id
+    st.session_state["inside_show_drawn"] = True
+    st.switch_page("pages/inside.py")
 
 
 def probability_figure(probabilities: np.ndarray, digit: int) -> go.Figure:
@@ -78,20 +218,26 @@ except Exception as err:  # missing or damaged weights: say so instead of a trac
     st.stop()
 
 source = st.radio("Input", [DRAW, UPLOAD], horizontal=True, label_visibility="collapsed")
-st.space("small")  # room for the canvas's floating toolbar, which would cover the radio
+# Stacked on a narrow screen: the answer comes straight under the canvas, the chart after it.
 input_col, seen_col, chart_col = st.columns([1.25, 0.9, 1.6], gap="large")
 
 prediction: Prediction | None = None
 with input_col:
     if source == DRAW:
-        canvas = st_canvas(
-            stroke_width=18, stroke_color="#FFFFFF", background_color="#000000",
-            width=CANVAS_SIDE, height=CANVAS_SIDE, drawing_mode="freedraw", return_image_data=True,
-            key=f"draw_canvas_{st.session_state.get('draw_canvas_number', 0)}",
-        )
-        st.button("Clear", on_click=clear_drawing, icon=":material/ink_eraser:", help="Start again on an empty canvas.")
-        prediction = predict_canvas(model, canvas.image_data)
-        hint = "Draw a digit on the black square: one digit, large, in the middle works best."
+        saved = st.session_state.get("draw_strokes") or []
+        strokes = draw_surface(
+            key="draw_surface", data={"max_side": CANVAS_SIDE, "brush": BRUSH, "strokes": saved},
+            default={"strokes": saved}, on_strokes_change=lambda: None, width="stretch",
+        ).get("strokes")
+        hint = "Draw a digit on the black square, with the mouse, a pen or a finger: one digit, any size."
+        try:
+            prediction = predict_strokes(model, strokes or [])
+        except ValueError as err:  # the browser sent something that is not strokes
+            hint = f"Could not read the drawing ({plain(err)}). Press Clear and draw again."
+        else:
+            st.session_state["draw_strokes"] = strokes  # redrawn when the visitor comes back
+        if not strokes:
+            st.session_state.pop("drawn_digit", None)
     else:
         upload = st.file_uploader(
             "A picture of one digit", type=UPLOAD_TYPES,
@@ -113,13 +259,15 @@ if prediction is not None:
     st.session_state["drawn_digit"] = prediction.model_input
 
 with seen_col:
-    st.markdown("**What the model sees**")
     if prediction is None:
+        st.markdown("**What the model sees**")
         st.info(hint)
     else:
-        st.image(enlarge(prediction.model_input, 6), width=168, caption="28 x 28 pixels, MNIST-style")
         st.subheader(f"Prediction: {prediction.digit}")
         st.caption(f"{prediction.probabilities[prediction.digit]:.0%} sure")
+        st.markdown("**What the model sees**")
+        st.image(enlarge(prediction.model_input, 6), width=168, caption="28 x 28 pixels, MNIST-style",
+                 output_format="PNG")  # crisp pixels: JPEG would blur and ring them
 
 with chart_col:
     st.markdown("**Probability of each digit**", help=help_text("softmax"))
@@ -128,6 +276,10 @@ with chart_col:
     else:
         st.plotly_chart(probability_figure(prediction.probabilities, prediction.digit),
                         config={"displayModeBar": False})
+        if st.button("Look inside this prediction", icon=":material/biotech:",
+                     help="Open Inside the network on this digit: the feature maps it produced and "
+                          "the pixels that drove the answer."):
+            look_inside(run_id)
 
 with st.expander("Why is my drawing cropped, shrunk and centred?"):
     st.write(
@@ -140,7 +292,9 @@ with st.expander("Why is my drawing cropped, shrunk and centred?"):
     st.write(
         "Your drawing goes through the same steps before the model sees it. Fed a raw canvas "
         "squeezed to 28 x 28 instead (thin strokes, off-centre, the wrong size), even a model "
-        "with 99% test accuracy misreads many digits. Uploaded photos are also turned into "
-        "bright ink on black, whatever their colours."
+        "with 99% test accuracy misreads many digits. A drawing is also redrawn with a pen as "
+        "thick, for its size, as MNIST's writers' pens, so a small digit is not a blob and a "
+        "large one not a hairline. Uploaded photos are turned into bright ink on black, "
+        "whatever their colours."
     )
     st.write(help_text("normalisation"))

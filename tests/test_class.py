@@ -120,7 +120,7 @@ def test_two_students_and_a_teacher(browser, server):
         options = bob.get_by_role("combobox", name="Run to delete")
         options.click()
         offered = bob.get_by_role("option").all_inner_texts()
-        assert offered == [run_id_for(TrainConfig(model="linear", seed=12))], offered
+        assert offered == [f"linear · seed 12 ({run_id_for(TrainConfig(model='linear', seed=12))})"], offered
         bob.keyboard.press("Escape")
         bob.locator('[data-testid="stMain"]').get_by_text("My runs", exact=True).click()
         runs_table = bob.locator('[data-testid="stDataFrame"]').nth(1)
@@ -128,7 +128,7 @@ def test_two_students_and_a_teacher(browser, server):
             if "Ada" not in (table := runs_table.text_content()):
                 break
             bob.wait_for_timeout(250)
-        assert run_id_for(TrainConfig(model="linear", seed=12)) in table and "Ada" not in table
+        assert "linear · seed 12" in table and "Ada" not in table  # runs are listed by name
         screenshot(bob, "class-bob-compare")
 
     finally:

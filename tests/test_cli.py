@@ -42,3 +42,31 @@ def test_train_runs_predict_and_baseline(mnist, tmp_path):
     baseline = cli("baseline", runs_dir=runs)
     assert "nearest mean image (L2): test accuracy 0.820" in baseline.stdout
     assert "3 vs 7" in baseline.stdout
+
+
+def test_sweep_trains_each_member_once_and_refuses_bad_lists(mnist, tmp_path, monkeypatch, capsys):
+    from mnist_core.cli import main
+    from mnist_core.runs import RunStore
+
+    runs = tmp_path / "runs"
+    swept = cli("sweep", "--model", "linear", "--lr", "1e-3,1e-2", "--batch-size", "256", "--name", "two rates",
+                runs_dir=runs)
+    assert swept.returncode == 0, swept.stderr
+    assert "2 of 2 finished" in swept.stdout and "best: linear · lr 0.0" in swept.stdout, swept.stdout
+    again = cli("sweep", "--model", "linear", "--lr", "1e-3,1e-2,3e-3", "--batch-size", "256", runs_dir=runs)
+    assert "1 to train, 2 reused" in again.stdout and "3 of 3 finished" in again.stdout, again.stdout
+    store = RunStore(runs)
+    before = (len(store.list_runs()), len(store.list_sweeps()))
+    for args, env, message in (
+        (("--lr", " , "), {}, "lr: give at least one value"),
+        (("--lr", "1e-3,fast"), {}, "'fast' is not a number"),
+        (("--seed", "1,2,3"), {"MNIST_MAX_SWEEP": "2"}, "more than this deployment allows"),
+        (("--epochs", "1,5"), {"MNIST_MAX_EPOCHS": "2"}, "exceeds this deployment's limit"),
+    ):
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            code = main(["--runs-dir", str(runs), "sweep", "--model", "linear", *args])
+        error = capsys.readouterr().err
+        assert code == 2 and message in error, (args, error)
+    assert (len(store.list_runs()), len(store.list_sweeps())) == before  # nothing queued half-way

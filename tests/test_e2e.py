@@ -132,9 +132,9 @@ def test_run_pages_load_with_a_run(page, server, trained_run, path):
 
 def test_draw_a_one_and_see_it_read(page, server, trained_run):
     open_page(page, server, "draw")
-    # streamlit-drawable-canvas 0.13 is a v2 component: fabric.js canvases in an open shadow
-    # root (no iframe), which Playwright's CSS locators pierce.
-    canvas = page.locator("canvas.upper-canvas")
+    # The Draw page's own drawing surface is a v2 component (no iframe): Playwright's CSS
+    # locators reach its canvas directly.
+    canvas = page.locator("canvas.draw-surface")
     canvas.wait_for()
     box = canvas.bounding_box()
     x = box["x"] + box["width"] / 2

@@ -137,7 +137,7 @@ def test_the_waiting_limit_is_per_person_not_per_tab(queue, store):
     with pytest.raises(ConfigError, match="already have 2 runs waiting"):
         submit(store, TrainConfig(model="linear", seed=43), "dana", limits)
     assert submit(store, TrainConfig(model="linear", seed=43), "erin", limits).outcome == "queued"
-    assert [w.owner for w in queue.waiting()] == ["dana", "dana", "erin"]
+    assert [w.owner for w in queue.waiting()] == ["dana", "erin", "dana"]  # people take turns
     for run_id in [w.run_id for w in waiting] + [run_id_for(TrainConfig(model="linear", seed=43))]:
         assert queue.cancel(run_id, Person("teacher", teacher=True))
 
@@ -211,10 +211,11 @@ def test_estimated_starts_of_three_waiting_runs_are_within_2x_of_the_actual_star
     assert wait_for(store, calibration.run_id).status == "finished"
     queue.submit(TrainConfig(model="mlp", epochs=4, batch_size=4, seed=501), Person("ada"))
     waiting = [queue.submit(TrainConfig(model="mlp", epochs=epochs, batch_size=4, seed=502 + i), Person(name)).run_id
-               for i, (epochs, name) in enumerate(((2, "bob"), (3, "cy"), (2, "di")))]
+               for i, (epochs, name) in enumerate(((2, "bea"), (3, "cy"), (2, "di")))]
     submitted = time.time()
     estimates = {w.run_id: w.start_in_s for w in queue.waiting()}
-    assert [w.owner for w in queue.waiting()] == ["bob", "cy", "di"]
+    # Three people never served before: their turns go in click order.
+    assert [w.owner for w in queue.waiting()] == ["bea", "cy", "di"]
     pairs = []
     for run_id in waiting:
         record = wait_for(store, run_id, timeout=120)

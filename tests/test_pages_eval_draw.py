@@ -148,10 +148,7 @@ def test_draw_page_starts_with_a_hint_and_the_best_model(runs) -> None:
     assert any(i.value.startswith("Draw a digit") for i in at.info)
     assert not any(s.value.startswith("Prediction:") for s in at.subheader)
     assert "drawn_digit" not in at.session_state
-    assert len(at.get("bidi_component")) == 1  # the drawing canvas
-    widget(at.button, "Clear").click().run()
-    assert not at.exception
-    assert at.session_state["draw_canvas_number"] == 1
+    assert len(at.get("bidi_component")) == 1  # the drawing canvas (its Undo and Clear are in it)
 
 
 def test_draw_page_reads_an_uploaded_photo(runs, mnist) -> None:

@@ -83,8 +83,24 @@ def test_templates_of_a_linear_run(runs):
     assert not at.error
 
 
-def test_templates_explained_for_a_cnn_run(runs):
+def test_a_cnn_run_opens_on_its_feature_maps(runs):
     at = open_page(runs["cnn-small"])
+    assert at.session_state["inside_tab"] == "Feature maps"
+    assert len(charts(at)) == 3  # the filters, then one mosaic per conv layer
+    assert "no templates" not in texts(at)
+
+
+def test_choosing_another_kind_of_run_opens_its_view(runs):
+    at = open_page(runs["linear"])
+    assert at.session_state["inside_tab"] == "Learned templates"
+    at.selectbox(key="inside_run").set_value(runs["cnn-small"]).run()
+    assert not at.exception
+    assert at.session_state["inside_tab"] == "Feature maps"
+    assert len(charts(at)) == 3
+
+
+def test_templates_explained_for_a_cnn_run(runs):
+    at = open_page(runs["cnn-small"], "Learned templates")
     assert not charts(at)
     assert "no templates" in texts(at)
 
@@ -159,6 +175,15 @@ def test_a_drawn_digit_as_input(runs):
     assert not at.exception
     assert len(charts(at)) >= 1
     assert "True label" not in texts(at)
+
+
+def test_look_inside_from_draw_opens_the_drawn_digit(runs):
+    drawn = np.zeros((28, 28), dtype=np.float32)
+    drawn[6:22, 13:16] = 1.0
+    at = open_page(runs["cnn-small"], drawn_digit=drawn, inside_show_drawn=True)
+    assert at.radio(key="inside_source").value == "The digit you drew"
+    assert "inside_show_drawn" not in at.session_state  # once: the visitor's later choice stands
+    assert "True label" not in texts(at) and len(charts(at)) == 3
 
 
 def test_a_broken_drawing_is_a_warning_not_a_traceback(runs):

@@ -287,12 +287,12 @@ def test_compare_offers_only_ones_own_runs_for_deletion_and_the_teacher_any(runs
     ended_run(runs, "linear-bobs", "Bob")
     try:
         bob = open_page("pages/compare.py", person="Bob")
-        assert bob.selectbox(key="compare_delete_target").options == ["linear-bobs"]
+        assert bob.selectbox(key="compare_delete_target").options == ["linear (linear-bobs)"]  # name (id)
         bob.segmented_control(key="compare_scope").set_value("mine").run()
         shown = runs_table(bob)
         assert set(shown["id"]) == {"linear-bobs"}
         teacher = open_page("pages/compare.py", person="Tess", teacher=True)
-        assert {"linear-adas", "linear-bobs"} <= set(teacher.selectbox(key="compare_delete_target").options)
+        assert {"linear (linear-adas)", "linear (linear-bobs)"} <= set(teacher.selectbox(key="compare_delete_target").options)
         teacher.selectbox(key="compare_delete_target").set_value("linear-adas")
         teacher.checkbox(key="compare_delete_confirm").check().run()
         teacher.button(key="compare_delete").click().run()

@@ -28,12 +28,11 @@ from mnist_core.predict import (
     load_evaluation,
     load_run_model,
     most_confused,
-    predict_canvas,
     predict_image,
     predict_upload,
     run_label,
 )
-from mnist_core.preprocess import ImageError, mnist_style
+from mnist_core.preprocess import ImageError, canvas_to_gray, mnist_style
 from mnist_core.runs import RunStore, RunStoreError
 
 
@@ -248,10 +247,10 @@ def canvas_rgba(shape: str) -> np.ndarray:
     return np.asarray(stroke_picture(shape, size=280).convert("RGBA"))
 
 
-def test_predict_canvas_reads_the_drawing() -> None:
+def test_a_drawing_is_read() -> None:
     model = template_model()
     for shape, digit in (("bar", 1), ("ring", 0)):
-        prediction = predict_canvas(model, canvas_rgba(shape))
+        prediction = predict_image(model, canvas_to_gray(canvas_rgba(shape)))
         assert prediction is not None and prediction.digit == digit
         assert prediction.probabilities.shape == (10,)
         assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
@@ -259,12 +258,11 @@ def test_predict_canvas_reads_the_drawing() -> None:
         assert 0.0 <= prediction.model_input.min() and prediction.model_input.max() == pytest.approx(1.0)
 
 
-def test_blank_or_missing_canvas_is_no_prediction() -> None:
+def test_blank_drawing_is_no_prediction() -> None:
     model = template_model()
     blank = np.zeros((280, 280, 4), np.uint8)
     blank[:, :, 3] = 255
-    assert predict_canvas(model, blank) is None
-    assert predict_canvas(model, None) is None
+    assert predict_image(model, canvas_to_gray(blank)) is None
     assert predict_image(model, np.zeros((50, 50), np.float32)) is None
 
 
