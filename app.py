@@ -24,7 +24,10 @@ except SettingError as err:  # the operator reads why in the log; visitors learn
     os.kill(os.getpid(), signal.SIGTERM)
     st.stop()
 
-navigation = st.navigation(
+# The sidebar draws these links itself (pages.common.sidebar): with Streamlit's own navigation
+# switched off (.streamlit/config.toml), a first visit never flashes the raw file names of
+# pages/ while the app starts.
+SECTIONS = (
     {
         "Data": [
             st.Page("pages/home.py", title="Start here", icon=":material/home:", default=True),
@@ -43,5 +46,6 @@ navigation = st.navigation(
         ],
     }
 )
-sidebar()
+navigation = st.navigation(SECTIONS, position="hidden")
+sidebar(SECTIONS)
 navigation.run()

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("data", help="where MNIST came from, counts, class balance, mean/std")
     train_parser = sub.add_parser("train", help="train a model and store the run")
     add_config_arguments(train_parser)
+    train_parser.add_argument("--profile", action="store_true",
+                              help="print where the process's time went: start-up, data, training, evaluation")
     sweep_parser = sub.add_parser(
         "sweep", help="train every combination of several values per setting (comma-separated)")
     add_config_arguments(sweep_parser, sweepable=True)
@@ -100,11 +102,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mnist_core.jobs import HOST, current, execute, run_id_for, submit
     from mnist_core.runs import REUSABLE, RunStore
 
+    phases = Phases(args.profile)
     config = config_from_args(args)
     store = RunStore(args.runs_dir)
     known = current(store, run_id_for(config))
     # Data first (unless the run is cached): a claimed run must never wait on a missing file.
     data = None if known and known.status in REUSABLE else load_mnist(progress=download_progress)
+    phases.mark("data load (decompress, MD5 check)")
     submission = submit(store, config, f"{getpass.getuser()} (command line)", Limits.from_env(), worker=(os.getpid(), HOST))
     run_id = submission.run_id
     record = store.get_run(run_id)
@@ -127,6 +131,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {event.train_accuracy:.4f}{val} "
                   f"test acc {event.test_accuracy:.4f} ({event.elapsed:.1f} s)")
 
+    if args.profile:
+        import torch._dynamo  # noqa: F401  (what torch.optim imports at its first use: timed apart)
+
+        phases.mark("torch.optim's first use (it imports torch._dynamo)")
     try:
         status = execute(store, run_id, config, data, on_step=on_step, on_epoch=on_epoch)
     except KeyboardInterrupt:
@@ -134,8 +142,43 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     finally:
         bar.close()
-    print_run(store.get_run(run_id))
+    record = store.get_run(run_id)
+    phases.mark("training", record.duration_s or 0.0)
+    phases.mark("final evaluation and storing the run")
+    print_run(record)
+    phases.report(training=record.duration_s or 0.0)
     return 0 if status == "finished" else 1
+
+
+class Phases:
+    """`train --profile`: seconds per phase of the whole process, from the interpreter's start
+    (mnist_core.__main__.STARTED) when run as `python -m mnist_core`."""
+
+    def __init__(self, enabled: bool):
+        import time
+
+        main_module = sys.modules.get("__main__")
+        self.enabled, self.clock = enabled, time.perf_counter
+        self.last = getattr(main_module, "STARTED", None) or self.clock()
+        self.first = self.last
+        self.rows: list[tuple[str, float]] = []
+        self.mark("start-up: Python, torch and mnist_core imports")
+
+    def mark(self, phase: str, seconds: float | None = None) -> None:
+        """End `phase` now (or, with `seconds`, count that much of the time since the last mark)."""
+        now = self.clock()
+        spent = now - self.last if seconds is None else min(seconds, now - self.last)
+        self.rows.append((phase, spent))
+        self.last = self.last + spent
+
+    def report(self, training: float) -> None:
+        if not self.enabled:
+            return
+        total = self.clock() - self.first
+        print("where the time went:")
+        for phase, seconds in self.rows:
+            print(f"  {seconds:6.2f} s  {phase}")
+        print(f"  {total:6.2f} s  whole process; {total - training:.2f} s of it not training")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

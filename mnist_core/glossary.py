@@ -1,9 +1,13 @@
 """Short answers to the questions the seed notes ask, shown where each concept appears.
 
 Kept in the core (plain text, no Streamlit) so the pages, the CLI and the tests share one wording.
+`WORDS` says which words on a screen name each entry, so a test can check that every page
+which uses a term also explains it.
 """
 
 from __future__ import annotations
+
+import re
 
 GLOSSARY: dict[str, str] = {
     "epoch": (
@@ -126,6 +130,96 @@ GLOSSARY: dict[str, str] = {
         "trained shows the stored run at once instead of training the same thing again; change any "
         "setting (even the seed) to train anew."
     ),
+    "parameters": (
+        "Parameters are the numbers training adjusts: every weight and bias of the network. More "
+        "parameters can represent more, but take longer per epoch and can memorise the training set."
+    ),
+    "hidden_layer": (
+        "A hidden layer sits between the input and the output: each of its units takes a weighted "
+        "sum of the layer below and passes it through an activation. Nobody tells these units what "
+        "to detect; training decides. A network of such layers is a multi-layer perceptron (MLP)."
+    ),
+    "convolution": (
+        "A convolutional (conv) layer slides small filters, e.g. 3x3 weights, over the image; each "
+        "filter responds to one local pattern, such as an edge or a stroke end, wherever it occurs, "
+        "and produces one feature map. Pooling then keeps the largest value of each 2x2 patch, "
+        "halving the map's size. A CNN is a network built from such layers."
+    ),
+    "batch_norm": (
+        "Batch normalisation (batch-norm) rescales each channel's outputs to mean 0 and standard "
+        "deviation 1 over the current batch, then lets the network learn a better scale and shift. "
+        "It keeps the numbers inside a deep network in a steady range, so it trains faster and "
+        "tolerates larger learning rates."
+    ),
+    "vgg": (
+        "VGG-style means built like the VGG networks (Oxford, 2014): stacks of small 3x3 "
+        "convolutions, with more channels each time a 2x2 pooling halves the image. Simple, regular "
+        "and deep enough to be very accurate."
+    ),
+    "ema": (
+        "The smoothed line is an exponential moving average (EMA) of the per-batch values: each "
+        "point moves the average a fixed fraction of the way towards the newest batch, so recent "
+        "batches weigh most and older ones fade. One batch is noisy; the average shows the trend."
+    ),
+    "train_accuracy": (
+        "Training accuracy is averaged over all the batches of an epoch, while the weights were "
+        "still improving, and dropout and augmentation make the training images harder. Validation "
+        "and test accuracy are measured once, at the end of the epoch, with dropout off. So after "
+        "epoch 1 training accuracy is often below test accuracy (say 90.5% against 98.3%): not a bug."
+    ),
+    "logits": (
+        "The model's last layer outputs one score per digit, called a logit: any number, positive or "
+        "negative, and the highest one is the answer. Softmax turns the ten scores into probabilities."
+    ),
+    "layer_names": (
+        "Every model here has two parts: `features`, the layers that turn the image into a vector, and "
+        "`head`, one linear layer that turns that vector into the 10 digit scores. Layers are named by "
+        "position: `features.0` is the first layer inside `features`, `features.4` the fifth."
+    ),
+    "penultimate": (
+        "The penultimate (second-to-last) layer is the vector the model computes just before its head "
+        "turns it into 10 scores: the network's own description of the digit. Digits it finds alike "
+        "get similar vectors."
+    ),
+}
+
+# The words that name each entry on a screen (regular expressions, matched case-insensitively).
+WORDS: dict[str, tuple[str, ...]] = {
+    "epoch": (r"\bepochs?\b",),
+    "batch_size": (r"\bbatch[ _-]size",),
+    "learning_rate": (r"\blearning[ -]rates?\b",),
+    "optimizer": (r"\boptimi[sz]ers?\b",),
+    "momentum": (r"\bmomentum\b",),
+    "weight_decay": (r"\bweight decay\b",),
+    "dropout": (r"\bdropout\b",),
+    "schedule": (r"\bschedules?\b",),
+    "augment": (r"\baugment",),
+    "val_split": (r"\bvalidation split\b", r"\bval split\b"),
+    "seed": (r"\bseeds?\b",),
+    "device": (r"\bdevices?\b",),
+    "precision": (r"\bnumber precision\b", r"\bmixed precision\b", r"\bbf16\b", r"\bfp32\b"),
+    "time_budget_s": (r"\btime budget\b",),
+    "normalisation": (r"\bnormali[sz]",),
+    "splits": (r"\btraining set\b", r"\btest set\b", r"\bvalidation set\b"),
+    "loss_vs_metric": (r"\bloss(es)?\b",),
+    "softmax": (r"\bsoftmax\b", r"\bcross[- ]entropy\b", r"\bprobabilit(y|ies)\b"),
+    "overfitting": (r"\boverfit",),
+    "confusion_matrix": (r"\bconfusion matri",),
+    "precision_recall": (r"\brecall\b", r"\bF1\b"),
+    "baseline": (r"\bbaselines?\b",),
+    "mean_image": (r"\bmean images?\b",),
+    "activation": (r"\bactivations?\b", r"\bReLU\b"),
+    "cached": (r"\balready trained\b",),
+    "parameters": (r"\bparameters?\b",),
+    "hidden_layer": (r"\bhidden (layer|unit)s?\b", r"\bMLP\b"),
+    "convolution": (r"\bconv\b", r"\bconvolution", r"\bCNNs?\b", r"\bpooling\b", r"\bfeature maps?\b"),
+    "batch_norm": (r"\bbatch[- ]?norm",),
+    "vgg": (r"\bVGG",),
+    "ema": (r"\bEMA\b", r"\bmoving average\b", r"\bsmooth(ed|ing)\b"),
+    "train_accuracy": (r"\btrain(ing)? accuracy\b",),
+    "logits": (r"\blogits?\b",),
+    "layer_names": (r"\bfeatures\.\d",),
+    "penultimate": (r"\bpenultimate\b",),
 }
 
 
@@ -135,3 +229,8 @@ def explain(term: str) -> str:
         return GLOSSARY[term]
     except KeyError:
         raise KeyError(f"no glossary entry {term!r}; known: {', '.join(GLOSSARY)}") from None
+
+
+def terms_in(text: str) -> list[str]:
+    """The glossary entries `text` names, in glossary order."""
+    return [term for term, words in WORDS.items() if any(re.search(w, text, re.IGNORECASE) for w in words)]

@@ -172,7 +172,15 @@ def limits() -> Limits:
     return Limits.from_env()
 
 
-def sidebar() -> None:
+def sidebar(sections: dict[str, list] | None = None) -> None:
+    """The navigation (`sections`: heading -> st.Page list) and the server's state."""
+    if sections:
+        with st.sidebar:
+            for heading, section_pages in sections.items():
+                st.caption(heading)
+                for page in section_pages:
+                    st.page_link(page)
+            st.divider()
     try:
         get_queue()  # workers warm up while the visitor reads the first page
     except Exception as err:  # an unwritable runs folder, a newer database: the operator's problem

@@ -168,6 +168,7 @@ def test_one_value_has_one_run_id():
 @pytest.mark.parametrize("variable, value", [
     ("MNIST_MAX_EPOCHS", "abc"), ("MNIST_MAX_EPOCHS", "0"), ("MNIST_READ_ONLY", "maybe"),
     ("MNIST_MAX_QUEUED", "-1"), ("MNIST_TRAIN_THREADS", "two"), ("MNIST_TRAIN_NICE", "20"),
+    ("MNIST_MAX_SWEEP", "0"), ("MNIST_RAY_ADDRESS", "http://head:6379"), ("MNIST_RAY_ADDRESS", "head"),
 ])
 def test_a_wrong_setting_is_an_error_naming_the_variable(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
@@ -181,3 +182,8 @@ def test_settings_spelled_as_people_do(monkeypatch):
         assert Limits.from_env().read_only is expected
     monkeypatch.setenv("MNIST_MAX_QUEUED_PER_SESSION", "7")  # the earlier name still works
     assert Limits.from_env().max_queued_per_person == 7
+    from mnist_core.cluster import ray_address
+
+    for address in ("auto", "10.0.0.5:6379", "ray://head.example.org:10001"):
+        monkeypatch.setenv("MNIST_RAY_ADDRESS", f" {address} ")
+        assert ray_address() == address

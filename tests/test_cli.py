@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -19,9 +20,15 @@ def cli(*args: str, runs_dir) -> subprocess.CompletedProcess:
 
 def test_train_runs_predict_and_baseline(mnist, tmp_path):
     runs = tmp_path / "runs"
-    trained = cli("train", "--model", "linear", "--epochs", "1", "--batch-size", "256", runs_dir=runs)
+    trained = cli("train", "--model", "linear", "--epochs", "1", "--batch-size", "256", "--profile", runs_dir=runs)
     assert trained.returncode == 0, trained.stderr
     assert "status: finished" in trained.stdout and "test accuracy: 0.9" in trained.stdout
+    # --profile: one line per phase, then the whole process; the phases add up to it.
+    profile = trained.stdout.split("where the time went:\n")[1].splitlines()
+    seconds = [float(line.split()[0]) for line in profile]
+    assert [line.split(" s  ")[1].split(":")[0] for line in profile[:2]] == ["start-up", "data load (decompress, MD5 check)"]
+    assert "training" in profile[-3] and "whole process" in profile[-1]
+    assert sum(seconds[:-1]) == pytest.approx(seconds[-1], abs=0.05)
 
     listing = cli("runs", runs_dir=runs)
     run_id = next(line.split()[0] for line in listing.stdout.splitlines() if line.startswith("linear-"))

@@ -59,7 +59,7 @@ async def open_page(page, server: Server, path: str, who: str, deadline: float) 
     if path == "":
         await page.goto(page_url(server, path), timeout=left_ms(deadline))
     else:
-        nav = page.locator('[data-testid="stSidebarNav"]')
+        nav = page.locator('[data-testid="stSidebar"]')  # the app's own page links
         await nav.get_by_role("link", name=NAVIGATION[path], exact=True).click(timeout=left_ms(deadline))
         await page.wait_for_url(f"**/{path}", timeout=left_ms(deadline))
     await page.wait_for_function(IDLE_JS, timeout=left_ms(deadline), polling=200)
