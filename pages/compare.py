@@ -11,6 +11,7 @@ import plotly.express as px
 import streamlit as st
 
 from mnist_core import access
+from mnist_core.glossary import FIELD_TERMS
 from mnist_core.history import (
     HYPERPARAMETERS,
     accuracy_range,
@@ -159,6 +160,7 @@ else:
 
 # -- curves -------------------------------------------------------------------------------------
 st.subheader("Learning curves")
+st.caption(help_text("epoch") + " " + help_text("loss_vs_metric"))
 if not selected:
     st.info("None of the matching runs has finished an epoch yet, so there are no curves to draw.")
 else:
@@ -191,8 +193,8 @@ else:
 
     smoothing = st.slider(
         "Smoothing of the per-step loss", 0.0, 0.99, 0.9, step=0.01, key="compare_smoothing",
-        help="Each point is an exponential moving average: this much of the previous average plus the "
-             "rest of the new batch loss. 0 shows the raw, noisy batch losses.",
+        help=help_text("ema") + " This slider sets how much of the previous average each point keeps; "
+             "0 shows the raw, noisy batch losses.",
     )
     steps = cached_curves(tuple(selected), "step", round(1 - smoothing, 4), versions)
     if not steps.empty:
@@ -203,8 +205,8 @@ else:
         figure.update_yaxes(tickformat=".3~g", dtick="D2")
         figure.update_layout(height=360, legend={"orientation": "h", "y": -0.25}, margin={"t": 50})
         st.plotly_chart(figure, key="compare_steps")
-        st.caption("Runs with larger batches take fewer steps per epoch, so their lines are shorter. "
-                   + help_text("batch_size"))
+        st.caption(help_text("ema") + " Runs with larger batches take fewer steps per epoch, so their lines "
+                   "are shorter. " + help_text("batch_size"))
 
 # -- hyperparameter vs accuracy -----------------------------------------------------------------
 st.subheader("Which setting matters?")
@@ -229,6 +231,8 @@ else:
         scatter.update_xaxes(dtick=1, tickformat="~g")  # one labelled tick per decade
     scatter.update_layout(height=380, margin={"t": 50})
     st.plotly_chart(scatter, key="compare_scatter")
+    if parameter in FIELD_TERMS:
+        st.caption(f"**{HYPERPARAMETER_NAMES[parameter]}**: {help_text(FIELD_TERMS[parameter])}")
 
 # -- delete -------------------------------------------------------------------------------------
 with st.expander("Delete a run"):

@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 
 from mnist_core.evaluate import Evaluation
+from mnist_core.glossary import notes
 from mnist_core.predict import (
     Example,
     cell_examples,
@@ -94,12 +95,13 @@ run_id = st.selectbox(
 st.query_params["run"] = run_id
 record = by_id[run_id]
 settings = record.config
-st.caption(
+summary = (
     f"{settings.get('model')} · {settings.get('epochs')} epoch(s) · {settings.get('optimizer')} "
     f"lr {settings.get('lr')} · batch {settings.get('batch_size')}"
     + (f" · trained on {record.device}" if record.device else "")
     + (f" in {record.duration_s:.0f} s" if record.duration_s is not None else "")
 )
+st.caption(summary, help=notes(summary) or None)
 
 try:
     evaluation = cached_evaluation(run_id, record.finished)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from mnist_core.data import describe_data
 from mnist_core.explore import summarise
+from mnist_core.glossary import notes
 
 # (page file, label, what the reader learns there), in the suggested order.
 PATH = [
@@ -14,13 +15,14 @@ PATH = [
     ("pages/mean_images.py", "Mean images",
      "The baseline first: how far does 'which average digit is this closest to?' get, "
      "with no training at all?"),
-    ("pages/train.py", "Train", "Train a model and watch its loss and accuracy live."),
+    ("pages/train.py", "Train", "Train a model and watch it learn, live: its errors falling, its accuracy rising."),
     ("pages/evaluate.py", "Evaluate",
-     "A trained model's confusion matrix, per-digit scores and worst mistakes."),
+     "Which digits a trained model mixes up, how well it reads each digit, and its worst mistakes."),
     ("pages/compare.py", "Compare", "Put runs side by side to see what each setting changed."),
     ("pages/draw.py", "Draw", "Write a digit yourself and see what a trained model thinks it is."),
     ("pages/inside.py", "Inside the network",
-     "The weights, feature maps and activations that produced the answer."),
+     "What the network looks at: its learned weights, the patterns each layer picks out, and the "
+     "pixels that decided its answer."),
 ]
 
 st.title("Learn deep learning on MNIST")
@@ -35,7 +37,7 @@ st.subheader("A suggested path")
 for step, (page, label, lesson) in enumerate(PATH, start=1):
     left, right = st.columns([1, 3], vertical_alignment="center")
     with left:
-        st.page_link(page, label=f"{step}. {label}")
+        st.page_link(page, label=f"{step}. {label}", help=notes(label) or None)
     with right:
         st.write(lesson)
 

@@ -150,7 +150,7 @@ st.title("Inside the network")
 st.write(
     "What has a trained network learned, and what does it look at when it reads a digit? Pick a "
     "finished run and an input digit, then open the tabs: the weights of a linear model as pictures, "
-    "the maps a convolutional network computes, the pixels that drove a decision, and how the "
+    "the patterns each filter of a network picks out, the pixels that drove a decision, and how the "
     "network arranges thousands of test digits in its own feature space."
 )
 
@@ -238,7 +238,7 @@ with tabs[0]:
                 "classifier beats distance-to-the-mean by about 10 points. Pixels near the border hold "
                 "no ink in any image, so their weights cannot tell digits apart: they keep their "
                 "random starting speckle, shifted together like a second bias.\n\n"
-                + help_text("mean_image")
+                + help_text("mean_image") + "\n\n" + help_text("baseline")
             )
         else:
             st.info(
@@ -249,11 +249,8 @@ with tabs[0]:
 
 with tabs[1]:
     if tabs[1].open:
-        st.markdown(
-            "A convolutional layer slides small **filters** (here 3×3 or 5×5 weights) over the "
-            "image. Each filter responds to one local pattern — an edge at some angle, a blob, a "
-            "stroke end — and produces one **feature map**: bright where its pattern occurs."
-        )
+        st.markdown(help_text("convolution"))
+        st.caption(help_text("layer_names"))
         layers = insight.conv_layers(model)
         if not layers:
             st.info(
@@ -288,6 +285,7 @@ with tabs[2]:
             "score up, blue ones pushed it down; transparent ones did not matter. Both methods "
             "compare the input with an all-black image (no ink at all)."
         )
+        st.caption(help_text("logits"))
         ranked = np.argsort(-probabilities)
         left, right = st.columns(2)
         other = int(left.selectbox(
@@ -320,7 +318,8 @@ with tabs[2]:
             "**Integrated gradients** averages the gradient along a straight path of images from "
             "black to the input, then multiplies by the ink. Its attributions add up to the change "
             "of the score between the black image and the input (compare the numbers under each "
-            "figure). For a linear model both methods give the same picture: weight × ink."
+            "figure). For a linear model both methods give the same picture: weight × ink.\n\n"
+            + help_text("activation")
         )
 
 with tabs[3]:
@@ -331,6 +330,7 @@ with tabs[3]:
             "reads (the penultimate layer). Right: the raw pixels, i.e. the picture before training. "
             "Colour is the true digit, a cross marks a test image the model gets wrong."
         )
+        st.caption(help_text("penultimate"))
         method = st.radio(
             "Projection", list(METHOD_NAMES), format_func=METHOD_NAMES.get, horizontal=True, key="inside_method",
             help="PCA: the flat shadow along the two directions of largest spread — fast, faithful to "

@@ -20,8 +20,8 @@ st.title("Mean images: the baseline first")
 st.write(
     "Before training anything, try the simplest idea that could work: average all training "
     "images of each digit, then label a new image with the digit whose average it is closest to. "
-    "No learning rate, no epochs, no GPU. Whatever number this gives is the bar every model on "
-    "the following pages has to clear."
+    "Nothing to train, no settings to tune, no GPU. Whatever number this gives is the bar every "
+    "model on the following pages has to clear."
 )
 with st.expander("Why start with a baseline?", expanded=True):
     st.write(help_text("baseline"))

@@ -19,7 +19,8 @@ from mnist_core.naming import format_value, run_colour
 from mnist_core.predict import load_evaluation
 from mnist_core.sweeps import LABELS, SweepPlan
 from mnist_core.text import plain, report
-from pages.common import claim_for_session, current_person, get_queue, get_store, limits, load_data
+from mnist_core.glossary import FIELD_TERMS
+from pages.common import claim_for_session, current_person, get_queue, get_store, help_text, limits, load_data
 
 REFRESH_KEY = "sweep_refresh"  # session_state: the explorer re-reads the store every few seconds
 SWEEP_KEY = "sweep_shown"  # session_state: the sweep this tab explores (mirrored in ?sweep=)
@@ -58,6 +59,12 @@ def version(record) -> tuple:
     return (record.status, record.epochs_done, record.finished) if record else ()
 
 
+def setting_help(key: str) -> str | None:
+    """The glossary's explanation of a swept setting, as its field's tooltip."""
+    term = FIELD_TERMS.get(key)
+    return help_text(term) if term else "Which network to train: see the Train page for what each one is."
+
+
 def launch_form() -> None:
     """Several values per setting; the member count updates as values are picked."""
     person = current_person()
@@ -70,11 +77,11 @@ def launch_form() -> None:
     columns = st.columns(len(FIRST_SHOWN))
     for column, key in zip(columns, FIRST_SHOWN):
         axes[key] = column.multiselect(LABELS[key], CHOICES[key], default=[DEFAULTS[key]], key=f"sweep_form_{key}",
-                                       format_func=lambda v, k=key: format_value(k, v))
+                                       format_func=lambda v, k=key: format_value(k, v), help=setting_help(key))
     with st.expander("More settings to vary"):
         more = [k for k in sweeps.SWEEPABLE if k not in FIRST_SHOWN]
         for column, key in zip(st.columns(len(more)), more):
-            axes[key] = column.multiselect(LABELS[key], CHOICES[key], default=[DEFAULTS[key]],
+            axes[key] = column.multiselect(LABELS[key], CHOICES[key], default=[DEFAULTS[key]], help=setting_help(key),
                                            key=f"sweep_form_{key}", format_func=lambda v, k=key: format_value(k, v))
     left, middle, right = st.columns(3)
     mode = left.radio("Members", ["grid", "random"], horizontal=True, key="sweep_form_mode",
@@ -218,6 +225,7 @@ def explorer(state: sweeps.SweepState, frame: pd.DataFrame, names: dict[str, str
             figure.update_layout(title=title, height=300, margin={"t": 40, "b": 10},
                                  legend={"orientation": "h", "y": -0.3})
             st.plotly_chart(figure, key=f"sweep_curve_{title}")
+        st.caption("Smoothed: " + help_text("ema"))
     with right:
         if record is not None and record.test_accuracy is not None:
             best = frame["test_accuracy"].max()
@@ -235,6 +243,7 @@ def explorer(state: sweeps.SweepState, frame: pd.DataFrame, names: dict[str, str
             heat.update_xaxes(title="predicted digit", dtick=1)
             heat.update_layout(title="Confusion matrix", height=330, margin={"t": 40, "b": 10})
             st.plotly_chart(heat, key="sweep_confusion")
+            st.caption(help_text("confusion_matrix"))
         st.page_link("pages/evaluate.py", label="Open this member in Evaluate", icon=":material/analytics:",
                      query_params={"run": member.run_id})
 
