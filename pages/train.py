@@ -13,7 +13,6 @@ import streamlit as st
 
 from mnist_core.config import CHOICES, RANGES, RECIPES, ConfigError, TrainConfig
 from mnist_core.device import available_devices
-from mnist_core.glossary import ENTRIES, FIELD_TERMS, terms_in
 from mnist_core.history import (
     CONFIG_COLUMNS,
     device_label,
@@ -27,8 +26,9 @@ from mnist_core.history import (
     thin,
 )
 from mnist_core import access
+from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes
 from mnist_core.jobs import current, queue_table
-from mnist_core.lessons import ignored_settings, optimizer_problem, setting_hints, what_happened
+from mnist_core.lessons import what_happened
 from mnist_core.models import MODELS
 from mnist_core.runs import ACTIVE, RunRecord
 from mnist_core.text import plain
@@ -45,9 +45,6 @@ from pages.common import (
 
 RUN_KEY = "train_run"  # session_state: the run this tab watches (mirrored in ?run=)
 NOTICE_KEY = "train_notice"  # session_state: (run id, outcome) of this tab's last launch
-FORM_KEY = "train_form_values"  # session_state: the settings this session chose last (launch, recipe, copy)
-LAUNCHES_KEY = "train_launches"  # session_state: how many launches this session made
-RUN_SECTION = "train_run_section"  # the key of the container holding the watched run
 DEFAULTS = TrainConfig()
 SMOOTHING = 0.2  # EMA weight of the newest point; points come every 10 batches: roughly a 50-batch average
 
@@ -56,8 +53,7 @@ st.title("Train a model")
 st.write(
     "Pick a model and its training settings, then launch. Training runs on the server in the "
     "background: you can leave this page, close the tab or come back later, and the run keeps "
-    "going. Every setting has a **?** explaining what it does; under the form they are all explained "
-    "together, and a setting the chosen model or optimizer does not use is greyed out, with the reason."
+    "going. Every setting has a **?** explaining what it does."
 )
 
 
@@ -81,84 +77,36 @@ def forget() -> None:
     st.query_params.pop("run", None)
 
 
-def seed_form(config: dict, touched: bool = True) -> None:
+def seed_form(config: dict) -> None:
     """Put a config's values into the form's widgets (before they are drawn). The widgets take
-    their values only from session state, so Streamlit never sees two competing defaults.
-    `touched`: the visitor chose these (a recipe, a copied run), so they are kept for this session."""
-    values = settings_for_form(config, limits(), available_devices())
-    for name, value in values.items():
+    their values only from session state, so Streamlit never sees two competing defaults."""
+    for name, value in settings_for_form(config, limits(), available_devices()).items():
         st.session_state[f"train_{name}"] = value
-    if touched:
-        st.session_state[FORM_KEY] = values
-
-
-def keep_form() -> None:
-    """Remember this session's settings, so leaving the page and coming back finds them again."""
-    st.session_state[FORM_KEY] = {name: st.session_state[f"train_{name}"] for name in CONFIG_COLUMNS
-                                  if f"train_{name}" in st.session_state}
-
-
-def open_form() -> None:
-    """Fill the form when this visit first draws it: with the settings this session chose last;
-    else, when the URL names a run (a reload, a shared link), with that run's settings, so the
-    form matches the run on screen; else with the defaults."""
-    if "train_model" in st.session_state:  # drawn before in this visit: the widgets hold their values
-        return
-    if FORM_KEY in st.session_state:
-        seed_form(st.session_state[FORM_KEY])
-        return
-    run_id = remembered_run()
-    watched = current(get_store(), run_id) if run_id else None
-    seed_form(watched.config if watched else DEFAULTS.to_dict(), touched=False)
-
-
-def model_picker() -> tuple[str, str]:
-    """Model and optimizer, outside the form: choosing them at once updates which settings apply."""
-    left, right = st.columns([2, 1])
-    model = left.selectbox(
-        "Model", list(MODELS), key="train_model", on_change=keep_form,
-        format_func=lambda name: f"{name} ({parameter_count(name):,} parameters)",
-        help="Which network to train. " + help_text("parameters"),
-    )
-    description = MODELS[model].description
-    terms = [t for t in terms_in(description) if t not in FIELD_TERMS.values()]  # settings: explained below
-    left.caption("\n\n".join([description] + [f"**{ENTRIES[t].title}**: {ENTRIES[t].text}" for t in terms]))
-    optimizer = right.selectbox(
-        "Optimizer", CHOICES["optimizer"], key="train_optimizer", on_change=keep_form,
-        format_func=lambda name: "scratch-sgd (linear and mlp only)" if name == "scratch-sgd" else name,
-        help=help_text("optimizer"),
-    )
-    return model, optimizer
 
 
 def settings_form(read_only: bool) -> dict | None:
-    """Every TrainConfig field as a widget; the chosen values once Launch is pressed. A setting
-    the chosen model or optimizer ignores is disabled, with the reason under it."""
-    open_form()
+    """Every TrainConfig field as a widget; the chosen values once Launch is pressed."""
+    if "train_model" not in st.session_state:  # first visit, or back from another page
+        seed_form(DEFAULTS.to_dict())
     caps = limits()
     max_epochs = min(int(RANGES["epochs"][1]), caps.max_epochs)
     max_batch = min(int(RANGES["batch_size"][1]), caps.max_batch_size)
     asks_name = not current_person().known and not login_configured()
     st.page_link("pages/sweeps.py", label="Several values at once? Launch a sweep and compare them with sliders",
                  icon=":material/tune:", query_params={"tab": "launch"})
-    model, optimizer = model_picker()
-    problem = optimizer_problem(model, optimizer)
-    if problem:
-        st.warning(problem)
-    ignored, hints = ignored_settings(model, optimizer), setting_hints(model)
-
-    def why_not(name: str) -> None:
-        if name in ignored or name in hints:
-            st.caption(ignored.get(name) or hints[name])
-
     with st.form("train_form"):
-        values: dict = {"model": model, "optimizer": optimizer}
+        values: dict = {}
         if asks_name:  # at the point of need: the first Launch also says who launched it
             values["_name"] = st.text_input(
                 "Your name (shown on your runs)", max_chars=access.NAME_MAX, key="train_visitor_name",
                 help="Every run records who launched it, so you find yours and only you can stop or "
                      "delete them. This browser keeps the name; nobody else on this server can take it.",
             )
+        values["model"] = st.selectbox(
+            "Model", list(MODELS), key="train_model",
+            format_func=lambda name: f"{name} — {MODELS[name].description} ({parameter_count(name):,} parameters)",
+            help="Which network to train. " + help_text("parameters") + " " + help_text("convolution"),
+        )
         left, middle, right = st.columns(3)
         with left:
             values["epochs"] = st.number_input(
@@ -174,12 +122,15 @@ def settings_form(read_only: bool) -> dict | None:
                 key="train_lr",
                 help=help_text("learning_rate") + " Type any value, e.g. 3e-4; the arrows step by 0.0001.",
             )
-            values["momentum"] = st.number_input(
-                "Momentum", float(RANGES["momentum"][0]), float(RANGES["momentum"][1]),
-                step=0.05, format="%g", key="train_momentum", disabled="momentum" in ignored,
-                help=help_text("momentum") + " Only the sgd optimizer uses it.",
+            values["optimizer"] = st.selectbox(
+                "Optimizer", CHOICES["optimizer"], key="train_optimizer",
+                help=help_text("optimizer") + " scratch-sgd works with linear and mlp only.",
             )
-            why_not("momentum")
+            values["momentum"] = st.number_input(
+                "Momentum (used by sgd only)", float(RANGES["momentum"][0]), float(RANGES["momentum"][1]),
+                step=0.05, format="%g", key="train_momentum",
+                help=help_text("momentum") + " Only the sgd optimizer uses it; the others ignore this field.",
+            )
         with middle:
             values["weight_decay"] = st.number_input(
                 "Weight decay", 0.0, float(RANGES["weight_decay"][1]), step=1e-4, format="%g",
@@ -189,12 +140,9 @@ def settings_form(read_only: bool) -> dict | None:
                 "Dropout", 0.0, float(RANGES["dropout"][1]), step=0.05, key="train_dropout",
                 help=help_text("dropout"),
             )
-            why_not("dropout")
             values["schedule"] = st.selectbox(
-                "Learning-rate schedule", CHOICES["schedule"], key="train_schedule", help=help_text("schedule"),
-                disabled="schedule" in ignored,
+                "Learning-rate schedule", CHOICES["schedule"], key="train_schedule", help=help_text("schedule") + " " + help_text("learning_rate"),
             )
-            why_not("schedule")
             values["augment"] = st.selectbox(
                 "Augmentation", CHOICES["augment"], key="train_augment", help=help_text("augment"),
             )
@@ -210,14 +158,14 @@ def settings_form(read_only: bool) -> dict | None:
                 "Device", available_devices(), key="train_device", help=help_text("device"),
             )
             values["precision"] = st.selectbox(
-                "Number precision", CHOICES["precision"], key="train_precision", help=help_text("precision"),
+                "Precision", CHOICES["precision"], key="train_precision", help=help_text("precision"),
             )
             values["time_budget_s"] = st.number_input(
                 "Time budget (seconds, optional)", 1.0, 86400.0, step=30.0, format="%g",
                 placeholder="no limit", key="train_time_budget_s", help=help_text("time_budget_s"),
             )
         launched = st.form_submit_button(
-            "Launch training", type="primary", disabled=read_only or problem is not None,
+            "Launch training", type="primary", disabled=read_only,
             help="Training is switched off in this read-only demo." if read_only else help_text("cached"),
         )
     with st.expander("What every setting means"):
@@ -226,43 +174,21 @@ def settings_form(read_only: bool) -> dict | None:
     return values if launched else None
 
 
-def launch(values: dict) -> bool:
-    """Validate and submit; a bad setting becomes an error naming the field, never a traceback.
-    True when a run was launched (or found), so the page moves to it."""
+def launch(values: dict) -> None:
+    """Validate and submit; a bad setting becomes an error naming the field, never a traceback."""
     typed = values.pop("_name", None)
-    keep_form()  # the visitor has made these settings theirs
     try:
         person = claim_for_session(typed) if typed is not None else current_person()
         submission = get_queue().submit(TrainConfig(**values), person)
     except ConfigError as err:
         detail = str(err).removeprefix(f"{err.field}: ")
         st.error(f"Cannot launch: the setting **{err.field}** is not accepted — {plain(detail)}")
-        return False
+        return
     except access.NotAllowed as err:
         st.error(f"Cannot launch: {plain(err)}")
-        return False
+        return
     remember(submission.run_id)
     st.session_state[NOTICE_KEY] = (submission.run_id, submission.outcome)
-    st.session_state[LAUNCHES_KEY] = st.session_state.get(LAUNCHES_KEY, 0) + 1
-    return True
-
-
-def scroll_to_run() -> None:
-    """Bring the run's section into view once after Launch: it sits below the long form, where
-    a visitor would otherwise never see the run start. (A script in st.html runs in the page
-    itself, not in an iframe; the number makes each launch's element new, so it runs again.)"""
-    st.html(
-        f"<script data-launch='{int(st.session_state.get(LAUNCHES_KEY, 0))}'>(() => {{"
-        "  let tries = 0;"
-        "  const go = () => {"
-        f"    const section = document.querySelector('.st-key-{RUN_SECTION}');"
-        "    if (section) section.scrollIntoView({behavior: 'smooth', block: 'start'});"
-        "    else if (tries++ < 50) setTimeout(go, 100);"
-        "  };"
-        "  go();"
-        "})();</script>",
-        unsafe_allow_javascript=True,
-    )
 
 
 def show_notice(record: RunRecord) -> None:
@@ -353,10 +279,9 @@ def show_run(record: RunRecord) -> None:
     """Everything about one run: progress or outcome, then its curves."""
     config = record.config
     st.subheader(f"Run `{record.id}`")
-    st.caption(
-        f"{config['model']} · {config['epochs']} epoch(s) · batch {config['batch_size']} · "
-        f"lr {config['lr']:g} · {config['optimizer']} · status **{record.status}** · device {device_label(record)}"
-    )
+    settings = (f"{config['model']} · {config['epochs']} epoch(s) · batch {config['batch_size']} · "
+                f"lr {config['lr']:g} · {config['optimizer']} · status **{record.status}** · device {device_label(record)}")
+    st.caption(settings, help=notes(settings) or None)
     st.text(f"Launched by {record.owner or 'an earlier version of this dashboard (no owner recorded)'}")
     last_step = get_store().last_step(record.id)
     if record.active:
@@ -482,7 +407,8 @@ for column, (name, recipe) in zip(recipe_columns[1:], RECIPES.items()):
              f"{recipe.schedule} schedule, augmentation {recipe.augment}. Measured by `python -m mnist_core.bench`.",
     )
 values = settings_form(read_only)
-launched = values is not None and launch(values)
+if values is not None:
+    launch(values)
 
 run_id = remembered_run()
 record = current(get_store(), run_id) if run_id else None
@@ -502,19 +428,16 @@ if record is None:
         st.caption("No run is being watched. Launch one above; its progress appears here.")
 else:
     remember(record.id)  # also puts ?run= back into a URL that lost it
-    with st.container(key=RUN_SECTION):
-        show_notice(record)
-        if record.active:
-            live_run(record.id, waiting_for_steps=get_store().last_step(record.id) is None)
-        else:
-            show_run(record)
-        st.button(
-            "Copy this run's settings into the form", key="copy_settings", on_click=seed_form, args=(record.config,),
-            icon=":material/content_copy:",
-            help="Then change one setting and launch again: two runs that differ in one setting show what it does.",
-        )
-    if launched:
-        scroll_to_run()
+    show_notice(record)
+    if record.active:
+        live_run(record.id, waiting_for_steps=get_store().last_step(record.id) is None)
+    else:
+        show_run(record)
+    st.button(
+        "Copy this run's settings into the form", key="copy_settings", on_click=seed_form, args=(record.config,),
+        icon=":material/content_copy:",
+        help="Then change one setting and launch again: two runs that differ in one setting show what it does.",
+    )
 
 show_queue()
 finished = get_store().list_runs(("finished",))

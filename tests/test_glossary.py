@@ -14,6 +14,7 @@ tab explains its own subject when opened). The terms and their words come from
 mnist_core.glossary, never from this file.
 """
 
+from collections.abc import Iterator
 import json
 import re
 from dataclasses import dataclass, field
@@ -156,19 +157,22 @@ def screen_of(at: AppTest) -> Screen:
 
 
 @pytest.fixture(scope="module")
-def runs(mnist) -> dict[str, str]:
+def runs(mnist) -> Iterator[dict[str, str]]:
     """A finished linear and cnn-fast run with a validation split, trained here on 2,000 images."""
     small = Mnist(mnist.train_images[:2000], mnist.train_labels[:2000], mnist.test_images[:300],
                   mnist.test_labels[:300], source=mnist.source, folder=mnist.folder)
     store = RunStore()
-    ids = {}
+    ids, created = {}, []
     for model in ("linear", "cnn-fast"):
         config = TrainConfig(model=model, epochs=2, batch_size=64, lr=3e-3, val_split=0.1, seed=SEED,
                              device="cpu")
         if store.get_run(run_id_for(config)) is None:
             assert train_here(store, config, small) == "finished"
+            created.append(run_id_for(config))
         ids[model] = run_id_for(config)
-    return ids
+    yield ids
+    for run_id in created:  # the store is the test process's: later page tests pick "the best run" from it
+        store.delete_run(run_id)
 
 
 # (view name, page, the run it shows, extra session state): every page, every tab of Inside.
