@@ -132,7 +132,12 @@ def passphrase_matches(given: object, expected: object) -> bool:
 
 def may_manage(person: Person, record: RunRecord) -> bool:
     """Stop, delete or spend server time on this run: its owner or the teacher."""
-    return person.teacher or (person.known and record.owner == person.name)
+    return may_act_for(person, record.owner)
+
+
+def may_act_for(person: Person, owner: str) -> bool:
+    """`person` is `owner` (who launched a run or a sweep) or the teacher."""
+    return person.teacher or (person.known and owner == person.name)
 
 
 def manageable(person: Person, records: list[RunRecord], limits: Limits) -> list[RunRecord]:

@@ -1,4 +1,4 @@
-"""Lessons in place: what a finished run's curves say, and which settings a choice leaves unused.
+"""Lessons in place: what a finished run's curves say, in plain sentences.
 
 Plain sentences built from a run's stored numbers (no Streamlit), so the Train page only shows
 them and the tests can check every branch on made-up epochs.
@@ -9,53 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mnist_core.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     from mnist_core.runs import RunRecord
 
-# train.make_optimizer hands `momentum` to torch.optim.SGD only; RMSprop gets its default (none).
-MOMENTUM_OPTIMIZERS = ("sgd",)
 GAP = 0.02  # train accuracy this far above validation accuracy (2 points) counts as overfitting
 RISE = 0.02  # validation loss 2% above its best, while the training loss falls, counts too
 STILL_IMPROVING = 0.001  # validation accuracy up by more than 0.1 point in the last epoch
-
-
-def ignored_settings(model: str, optimizer: str) -> dict[str, str]:
-    """Settings that have no effect with this model and optimizer, each with a short why.
-
-    A form disables them rather than let a visitor tune something that is silently ignored."""
-    ignored = {}
-    if optimizer not in MOMENTUM_OPTIMIZERS:
-        ignored["momentum"] = (
-            "Used only with sgd. Adam, AdamW and RMSprop scale their steps in their own way, and "
-            "scratch-sgd is plain SGD without momentum."
-        )
-    if optimizer == "scratch-sgd":
-        ignored["schedule"] = (
-            "scratch-sgd is the hand-written update with a fixed learning rate: it follows no schedule."
-        )
-    return ignored
-
-
-def setting_hints(model: str) -> dict[str, str]:
-    """What a setting does differently for this model (it still has an effect)."""
-    if model == "linear":
-        return {"dropout": "For linear, which has no hidden units, dropout zeroes input pixels."}
-    return {}
-
-
-def optimizer_problem(model: str, optimizer: str) -> str | None:
-    """Why this model cannot be trained with this optimizer, or None when it can (the rule
-    itself lives in TrainConfig's validation)."""
-    try:
-        TrainConfig(model=model, optimizer=optimizer)
-    except ConfigError as err:
-        if err.field == "optimizer":
-            return (f"{optimizer} is the hand-written update of the from-scratch notebook, written for "
-                    f"linear and mlp only. Choose another optimizer for {model}, or the linear or mlp model.")
-        raise
-    return None
 
 
 def percent(value: float) -> str:

@@ -217,6 +217,16 @@ class SweepMember:
     early_stopped: bool
 
 
+def existing_outcome(row: sqlite3.Row | None) -> str | None:
+    """What asking for a run already stored means: "cached" (it ended usably), "joined" (it is
+    queued or running now), or None (absent, or an attempt to train again)."""
+    if row is not None and row[0] in REUSABLE:
+        return "cached"
+    if row is not None and row[0] in ACTIVE:
+        return "joined"
+    return None
+
+
 def check_run_id(run_id: object) -> str:
     """Return the id if it is safe as a folder name; the check that stops path traversal."""
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or run_id in (".", ".."):
@@ -528,10 +538,9 @@ class RunStore:
             raise RunStoreError(f"owner must be a string, got {type(owner).__name__}")
         with self._write() as conn:
             row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is not None and row[0] in REUSABLE:
-                return "cached"
-            if row is not None and row[0] in ACTIVE:
-                return "joined"
+            known = existing_outcome(row)
+            if known:
+                return known
             if max_waiting is not None and worker is None:
                 waiting = conn.execute(
                     "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND owner = ?", (owner,)
@@ -656,12 +665,8 @@ class RunStore:
                 if run_id in outcomes:
                     continue
                 row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-                if row is not None and row[0] in REUSABLE:
-                    outcomes[run_id] = "cached"
-                elif row is not None and row[0] in ACTIVE:
-                    outcomes[run_id] = "joined"
-                else:
-                    outcomes[run_id] = "queued"
+                outcomes[run_id] = existing_outcome(row) or "queued"
+                if outcomes[run_id] == "queued":
                     fresh.append((row, run_id, payload))
             if max_total is not None and fresh:
                 waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'queued'").fetchone()[0]

@@ -264,7 +264,7 @@ def stop(store: RunStore, sweep_id: str, person: Person, limits: Limits) -> int:
     if sweep is None:
         raise ConfigError("sweep", "no such sweep")
     access.require_writable(limits, "stopping a sweep")
-    if not (person.teacher or (person.known and access.name_key(person.name) == access.name_key(sweep.owner))):
+    if not access.may_act_for(person, sweep.owner):
         raise access.NotAllowed("only the person who launched this sweep, or the teacher, may stop it")
     stopped = 0
     for member in store.sweep_members(sweep_id):
@@ -273,6 +273,11 @@ def stop(store: RunStore, sweep_id: str, person: Person, limits: Limits) -> int:
             stopped += store.request_stop(member.run_id)
     store.mark_sweep_stopped(sweep_id)
     return stopped
+
+
+def may_stop(person: Person, sweep_state: SweepState, limits: Limits) -> bool:
+    """Whether to offer `person` the Stop button: what `stop` would allow, and something to stop."""
+    return sweep_state.active and not limits.read_only and access.may_act_for(person, sweep_state.sweep.owner)
 
 
 def should_stop_early(store: RunStore, run_id: str, epoch: int, epochs: int) -> str | None:

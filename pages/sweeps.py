@@ -167,9 +167,7 @@ def status_panel(state: sweeps.SweepState, names: dict[str, str]) -> None:
     if stopped_early:
         st.caption(f"{len(stopped_early)} member(s) stopped early by successive halving: they were in the "
                    "worse half after an epoch, so their time went to the better ones.")
-    may_stop = state.active and not limits().read_only and (
-        person.teacher or (person.known and access.name_key(person.name) == access.name_key(state.sweep.owner)))
-    if may_stop and st.button("Stop the whole sweep", key=f"sweep_stop_{state.sweep.id}"):
+    if sweeps.may_stop(person, state, limits()) and st.button("Stop the whole sweep", key=f"sweep_stop_{state.sweep.id}"):
         try:
             count = get_queue().stop_sweep(state.sweep.id, person)
             st.toast(f"Stopping {count} run(s).")

@@ -185,15 +185,8 @@ def test_touch_strokes_from_every_edge_count_on_a_phone(browser, server):
         box = canvas.bounding_box()
         assert box["width"] == box["height"] and box["x"] >= 0 and box["x"] + box["width"] <= 400  # not clipped
         cdp = context.new_cdp_session(page)
-        last = preview(page)
-        assert last is None
-        for name, (start, end) in start_points(box).items():
-            before = preview_src(page)
-            touch_stroke(cdp, start, end)
-            after(page, server, before)
-            current = preview(page)
-            assert last is None or not np.array_equal(current, last), name
-            last = current
+        assert preview(page) is None
+        last = stroke_from_every_edge(page, server, box, lambda start, end: touch_stroke(cdp, start, end))
         # The answer is in the first screen: the canvas's top and the prediction fit one phone screen.
         canvas.scroll_into_view_if_needed()
         answer = page.get_by_text(PREDICTION)
@@ -215,6 +208,20 @@ def test_touch_strokes_from_every_edge_count_on_a_phone(browser, server):
         context.close()
 
 
+def stroke_from_every_edge(page, server, box, stroke) -> np.ndarray:
+    """One stroke starting just inside each edge and corner; each must change what the model
+    sees (the 28x28 preview). Returns the last preview."""
+    last = None
+    for name, (start, end) in start_points(box).items():
+        before = preview_src(page)
+        stroke(start, end)
+        after(page, server, before)
+        current = preview(page)
+        assert current is not None and (last is None or not np.array_equal(current, last)), name
+        last = current
+    return last
+
+
 @pytest.mark.browser
 def test_mouse_and_pen_strokes_sizes_and_look_inside(browser, server):
     context, page, canvas = open_draw(browser, server, viewport={"width": 1400, "height": 900})
@@ -223,14 +230,7 @@ def test_mouse_and_pen_strokes_sizes_and_look_inside(browser, server):
         column = page.locator('[data-testid="stColumn"]').filter(has=canvas).first.bounding_box()
         assert box["x"] + box["width"] <= column["x"] + column["width"] + 0.5  # nothing clipped
         cdp = context.new_cdp_session(page)
-        last = None
-        for name, (start, end) in start_points(box).items():
-            before = preview_src(page)
-            mouse_stroke(page, start, end)
-            after(page, server, before)
-            current = preview(page)
-            assert last is None or not np.array_equal(current, last), name
-            last = current
+        last = stroke_from_every_edge(page, server, box, lambda start, end: mouse_stroke(page, start, end))
         before = preview_src(page)
         corner = start_points(box)["top-right"][0]
         pen_stroke(cdp, corner, (corner[0] - REACH, corner[1] + REACH / 4))  # new ink from the top-right corner

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_core.config import OPTIMIZERS, TrainConfig
-from mnist_core.lessons import ignored_settings, optimizer_problem, setting_hints, what_happened
-from mnist_core.models import MODELS
+from mnist_core.config import TrainConfig
+from mnist_core.lessons import what_happened
 from mnist_core.runs import RunRecord
 
 
@@ -114,27 +113,3 @@ def test_without_a_validation_set_the_test_set_stands_in():
 
 def test_no_epochs_and_no_divergence_says_nothing():
     assert what_happened([], config(), run("cancelled")) == []
-
-
-def test_momentum_is_ignored_except_by_sgd_and_schedules_by_scratch_sgd():
-    assert "momentum" not in ignored_settings("cnn-small", "sgd")
-    for optimizer in ("adam", "adamw", "rmsprop", "scratch-sgd"):
-        assert "Used only with sgd" in ignored_settings("mlp", optimizer)["momentum"]
-    assert "schedule" in ignored_settings("mlp", "scratch-sgd")
-    assert "schedule" not in ignored_settings("mlp", "sgd")
-
-
-def test_optimizer_problem_follows_the_config_validation():
-    for model in MODELS:
-        for optimizer in OPTIMIZERS:
-            problem = optimizer_problem(model, optimizer)
-            try:
-                TrainConfig(model=model, optimizer=optimizer)
-                assert problem is None, (model, optimizer)
-            except ValueError:
-                assert problem and "linear and mlp only" in problem, (model, optimizer)
-
-
-def test_dropout_on_a_linear_model_drops_input_pixels():
-    assert "input pixels" in setting_hints("linear")["dropout"]
-    assert setting_hints("cnn-small") == {}

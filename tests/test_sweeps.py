@@ -167,7 +167,6 @@ def test_the_same_sweep_on_local_workers_and_on_a_ray_head_ends_the_same(tmp_pat
     ray_backend, on_ray, state = run_sweep(RunStore(tmp_path / "ray"), ALICE)
     assert (local_backend, ray_backend) == ("local", "ray")
     assert state.finished == 4 and on_ray == local, (on_ray, local)
-    assert len({r.worker_pid for r in state.runs.values()}) >= 1
 
 
 def test_an_unreachable_cluster_falls_back_to_local_workers(tmp_path, monkeypatch):
