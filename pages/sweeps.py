@@ -24,6 +24,7 @@ from pages.common import claim_for_session, current_person, get_queue, get_store
 
 REFRESH_KEY = "sweep_refresh"  # session_state: the explorer re-reads the store every few seconds
 SWEEP_KEY = "sweep_shown"  # session_state: the sweep this tab explores (mirrored in ?sweep=)
+FLASH_KEY = "sweep_flash"  # session_state: the launch's confirmation, kept until a run completes with it
 # What the launch form offers per setting (learning rates log-spaced: each about 3x the last).
 CHOICES = {
     "model": list(MODELS),
@@ -124,7 +125,7 @@ def launch_form() -> None:
             return
         show(launched.sweep_id)
         reused = len(launched.outcomes) - launched.queued
-        st.session_state["sweep_flash"] = (f"Sweep launched: {launched.queued} run(s) queued"
+        st.session_state[FLASH_KEY] = (f"Sweep launched: {launched.queued} run(s) queued"
                                            + (f", {reused} reused or already training." if reused else "."))
         st.rerun()
 
@@ -292,7 +293,7 @@ st.write(
     "A sweep trains one run per combination of the values you pick, so you can see what a setting "
     "does by moving a slider instead of launching runs one at a time."
 )
-flash = st.session_state.pop("sweep_flash", None)
+flash = st.session_state.get(FLASH_KEY)  # removed at the end of a run that shows it to the end
 if flash:
     st.success(flash)
 if get_queue().cluster_problem:
@@ -337,3 +338,6 @@ with launch_tab:
 with explore_tab:
     # While members train, the explorer re-reads the store every few seconds on its own.
     st.fragment(explore_section, run_every=3 if st.session_state.get(REFRESH_KEY) else None)()
+# The explorer may rerun the page at once (to start refreshing while members train): the
+# confirmation stays until a run that was not cut short has shown it.
+st.session_state.pop(FLASH_KEY, None)
