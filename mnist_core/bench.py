@@ -1,12 +1,14 @@
 """Benchmark: this engine against the seed guide's reference pipeline, on the same machine.
 
     python -m mnist_core.bench            # everything (cnn-best takes several minutes on a CPU)
-    python -m mnist_core.bench --quick    # throughput and one cnn-fast run only
+    python -m mnist_core.bench --quick    # one throughput pair and one run of the fastest recipe
+    python -m mnist_core.bench --quick --device cuda   # the same on a GPU
     python -m mnist_core.bench --classroom  # the dashboard's run path through a server and browser
 
 (a) reference: torchvision ToTensor + Normalize through a DataLoader, batch 64, Adam 1e-3, cnn-small.
 (b) engine: `mnist_core.train` with the same model, batch size and optimizer.
-Prints images/s of each, their ratio, cnn-fast's time to 99.0% test accuracy and cnn-best's accuracy.
+Prints images/s of each and their ratio, the fastest recipe's time to 99.0% test accuracy per seed,
+and cnn-best's accuracy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from mnist_core.config import RECIPES, TrainConfig
 from mnist_core.data import MEAN, STD, Mnist, load_mnist
-from mnist_core.device import cpu_header, describe_device
+from mnist_core.device import cpu_header, describe_device, resolve_device, use_bf16
 from mnist_core.models import build_model
 from mnist_core.train import train
 
@@ -40,8 +42,9 @@ def write_idx(folder: Path, data: Mnist) -> None:
             struct.pack(">II", 0x801, n) + labels.to(torch.uint8).numpy().tobytes())
 
 
-def reference_epoch(data: Mnist, batch_size: int = 64, max_batches: int | None = None) -> float:
-    """Images/s of one epoch of the seed guide's pipeline (per-item PIL -> tensor transforms)."""
+def reference_epoch(data: Mnist, device: torch.device, batch_size: int = 64, max_batches: int | None = None) -> float:
+    """Images/s of one epoch of the seed guide's pipeline (per-item PIL -> tensor transforms,
+    each batch moved to the device as the guide does)."""
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
@@ -51,30 +54,33 @@ def reference_epoch(data: Mnist, batch_size: int = 64, max_batches: int | None =
         dataset = datasets.MNIST(root, train=True, download=False, transform=transform)
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
         torch.manual_seed(0)
-        model = build_model("cnn-small")
+        model = build_model("cnn-small").to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         model.train()
         seen, start = 0, time.perf_counter()
         for i, (x, y) in enumerate(loader):
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             F.cross_entropy(model(x), y).backward()
             optimizer.step()
             seen += len(y)
             if max_batches and i + 1 >= max_batches:
                 break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return seen / (time.perf_counter() - start)
 
 
-def engine_epoch(data: Mnist, batch_size: int = 64, precision: str = "auto") -> tuple[float, bool]:
+def engine_epoch(data: Mnist, device: torch.device, precision: str, batch_size: int = 64) -> tuple[float, bool]:
     """Images/s of one epoch of this engine, and whether it used bf16 mixed precision."""
     config = TrainConfig(model="cnn-small", epochs=1, batch_size=batch_size, lr=1e-3, optimizer="adam",
-                         val_split=0.0, precision=precision)
+                         val_split=0.0, precision=precision, device=device.type)
     result = train(config, data)
     return result.images_per_s, result.mixed_precision
 
 
 def time_to_accuracy(config: TrainConfig, data: Mnist, target: float) -> tuple[float | None, float]:
-    """Seconds (training plus per-epoch test evaluation) until test accuracy first reaches `target`."""
+    """Seconds (training plus per-epoch evaluation) until test accuracy first reaches `target`."""
     reached: list[float] = []
 
     def on_epoch(event) -> None:
@@ -85,10 +91,62 @@ def time_to_accuracy(config: TrainConfig, data: Mnist, target: float) -> tuple[f
     return (reached[0] if reached else None), result.test_accuracy or 0.0
 
 
+def throughput(data: Mnist, device: torch.device, pairs: int) -> None:
+    """The reference and the engine, interleaved so a machine whose speed drifts favours neither."""
+    bf16 = use_bf16("auto", device, convolutional=True)
+    print(f"cnn-small, batch 64, Adam 1e-3, one epoch each, {pairs} interleaved pairs:")
+    ratios, ratios_auto = [], []
+    for pair in range(pairs):
+        ref = reference_epoch(data, device)
+        ours, _ = engine_epoch(data, device, "fp32")
+        ratios.append(ours / ref)
+        line = (f"  pair {pair + 1}: (a) reference DataLoader pipeline {ref:7,.0f} images/s; "
+                f"(b) engine, fp32 {ours:7,.0f} images/s = {ours / ref:.2f}x")
+        if bf16:
+            ours_auto, _ = engine_epoch(data, device, "auto")
+            ratios_auto.append(ours_auto / ref)
+            line += f"; (b') engine, bf16 mixed precision {ours_auto:7,.0f} images/s = {ours_auto / ref:.2f}x"
+        print(line, flush=True)
+    print(f"  median (b)/(a), fp32: {statistics.median(ratios):.2f}x")
+    if ratios_auto:
+        print(f"  median (b')/(a), bf16: {statistics.median(ratios_auto):.2f}x")
+
+
+def fastest_recipe(data: Mnist, device: torch.device, seeds: int) -> None:
+    """Each seed's time to 99.0% test accuracy and final accuracy with the fastest recipe."""
+    name = next(iter(RECIPES))
+    recipe = RECIPES[name].replace(device=device.type)
+    print(f"recipe {name}: {recipe.epochs} epoch(s), batch {recipe.batch_size}, {recipe.optimizer} "
+          f"lr {recipe.lr:g} {recipe.schedule}, validation split {recipe.val_split:g}")
+    times = []
+    for seed in range(seeds):
+        seconds, acc = time_to_accuracy(recipe.replace(seed=seed), data, 0.99)
+        times.append(seconds)
+        shown = f"{seconds:.1f} s" if seconds is not None else "not reached"
+        print(f"  seed {seed}: 99.0% after {shown}; final test accuracy {acc:.4f}", flush=True)
+    reached = [t for t in times if t is not None]
+    if len(reached) == len(times):
+        print(f"  time to 99.0% test accuracy: median {statistics.median(reached):.1f} s over {seeds} seed(s)")
+    else:
+        print(f"  reached 99.0% in {len(reached)} of {len(times)} runs")
+
+
+def best_recipe(data: Mnist, device: torch.device) -> None:
+    best = RECIPES["cnn-best"].replace(device=device.type)
+    start = time.perf_counter()
+    result = train(best, data, on_epoch=lambda e: print(
+        f"  cnn-best epoch {e.epoch}: test accuracy {e.test_accuracy:.4f} ({e.elapsed:.0f} s)", flush=True))
+    print(f"cnn-best final test accuracy: {result.test_accuracy:.4f} in {time.perf_counter() - start:.0f} s "
+          f"({best.epochs} epochs, augmentation {best.augment})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnist_core.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="skip cnn-best and use one cnn-fast seed")
-    parser.add_argument("--seeds", type=int, default=3, help="cnn-fast seeds (median reported)")
+    parser.add_argument("--quick", action="store_true", help="skip cnn-best; one pair and one seed")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the fastest recipe (median reported)")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved reference/engine epoch pairs")
+    parser.add_argument("--skip-best", action="store_true", help="leave out cnn-best (minutes on a CPU)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--classroom", action="store_true",
                         help="launch latency and throughput under polling, through a real server and browser")
     parser.add_argument("--sweep", action="store_true",
@@ -102,43 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         from mnist_core.bench_classroom import main as classroom
 
         return classroom()
+    device = resolve_device(args.device)
     data = load_mnist()
     print(cpu_header())
-    print(f"device: {describe_device(torch.device('cpu'))}")
-
-    # Interleaved, so a machine that slows down as it warms up does not favour either side.
-    ref_first = reference_epoch(data)
-    ours, bf16 = engine_epoch(data, precision="auto")
-    ours_fp32, _ = engine_epoch(data, precision="fp32")
-    ref = (ref_first + reference_epoch(data)) / 2
-    print("cnn-small, batch 64, Adam 1e-3, one epoch (reference: mean of two epochs):")
-    print(f"  (a) reference DataLoader pipeline:   {ref:8,.0f} images/s")
-    print(f"  (b) mnist_core engine, precision auto ({'bf16' if bf16 else 'fp32'}): {ours:8,.0f} images/s"
-          f"  ratio (b)/(a): {ours / ref:.2f}x")
-    print(f"  (b') mnist_core engine, fp32:        {ours_fp32:8,.0f} images/s  ratio (b')/(a): {ours_fp32 / ref:.2f}x")
-
-    fast = RECIPES["cnn-fast"]
-    times, accs = [], []
-    for seed in range(1 if args.quick else args.seeds):
-        seconds, acc = time_to_accuracy(fast.replace(seed=seed), data, 0.99)
-        times.append(seconds)
-        accs.append(acc)
-        shown = f"{seconds:.1f} s" if seconds is not None else "not reached"
-        print(f"  cnn-fast seed {seed}: 99.0% after {shown}; final test accuracy {acc:.4f}")
-    reached = [t for t in times if t is not None]
-    if len(reached) == len(times):
-        print(f"cnn-fast time to 99.0% test accuracy: median {statistics.median(reached):.1f} s "
-              f"({fast.epochs} epochs, batch {fast.batch_size}, {fast.optimizer} {fast.schedule})")
-    else:
-        print(f"cnn-fast reached 99.0% in {len(reached)} of {len(times)} runs")
-
-    if not args.quick:
-        best = RECIPES["cnn-best"]
-        start = time.perf_counter()
-        result = train(best, data, on_epoch=lambda e: print(
-            f"  cnn-best epoch {e.epoch}: test accuracy {e.test_accuracy:.4f} ({e.elapsed:.0f} s)", flush=True))
-        print(f"cnn-best final test accuracy: {result.test_accuracy:.4f} in {time.perf_counter() - start:.0f} s "
-              f"({best.epochs} epochs, augmentation {best.augment})")
+    print(f"device: {describe_device(device)}; bf16 mixed precision with precision auto: "
+          f"{'on' if use_bf16('auto', device, convolutional=True) else 'off'}")
+    throughput(data, device, 1 if args.quick else args.pairs)
+    fastest_recipe(data, device, 1 if args.quick else args.seeds)
+    if not (args.quick or args.skip_best):
+        best_recipe(data, device)
     return 0
 
 

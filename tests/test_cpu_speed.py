@@ -1,0 +1,59 @@
+"""The CPU rewrites (mnist_core/cpu_speed.py) change speed, never what a model computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_core.config import RECIPE_PURPOSES, RECIPES, TrainConfig
+from mnist_core.cpu_speed import for_cpu_training, pool_before_relu
+from mnist_core.models import MODELS, build_model
+from mnist_core.train import make_optimizer, train
+from tests.synthetic import synthetic_mnist
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_rewritten_model_gives_the_same_outputs_and_gradients(name):
+    torch.manual_seed(0)
+    plain = build_model(name, dropout=0.0)
+    fast = for_cpu_training(copy.deepcopy(plain))
+    assert [n for n, _ in fast.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    x = torch.randn(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    for model in (plain, fast):
+        model.train()
+        nn.functional.cross_entropy(model(x), y).backward()
+    assert torch.equal(plain(x), fast(x))
+    for (label, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert torch.equal(p.grad, q.grad), label
+    plain.eval(), fast.eval()
+    assert torch.equal(plain(x), fast(x))
+
+
+def test_relu_then_pool_becomes_pool_then_relu_and_nothing_else_moves():
+    layers = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.MaxPool2d(2),
+                           nn.ReLU(), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
+    kinds = [type(m).__name__ for m in pool_before_relu(layers)]
+    assert kinds == ["Conv2d", "MaxPool2d", "ReLU", "Conv2d", "MaxPool2d", "ReLU", "BatchNorm2d", "MaxPool2d", "ReLU"]
+
+
+def test_train_hands_back_the_registered_layers():
+    result = train(TrainConfig(model="cnn-small", epochs=1, batch_size=64, val_split=0.0), synthetic_mnist())
+    registered = [type(m) for m in build_model("cnn-small").features]
+    assert [type(m) for m in result.model.features] == registered
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_adam_adamw_and_sgd_use_their_fused_kernels_on_the_cpu(optimizer):
+    params = list(nn.Linear(3, 2).parameters())
+    made = make_optimizer(TrainConfig(optimizer=optimizer), params)
+    assert made.defaults["fused"] is True
+
+
+def test_the_first_recipe_is_the_sprint_and_every_recipe_keeps_a_validation_split():
+    assert next(iter(RECIPES)) == "cnn-sprint"
+    assert all(recipe.val_split > 0 for recipe in RECIPES.values())
+    assert set(RECIPE_PURPOSES) == set(RECIPES)
