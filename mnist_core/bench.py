@@ -4,6 +4,7 @@
     python -m mnist_core.bench --quick    # one throughput pair and one run of the fastest recipe
     python -m mnist_core.bench --quick --device cuda   # the same on a GPU
     python -m mnist_core.bench --classroom  # the dashboard's run path through a server and browser
+    python -m mnist_core.bench --pages      # every page's time until drawn, in a real browser
 
 (a) reference: torchvision ToTensor + Normalize through a DataLoader, batch 64, Adam 1e-3, cnn-small.
 (b) engine: `mnist_core.train` with the same model, batch size and optimizer.
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--classroom", action="store_true",
                         help="launch latency and throughput under polling, through a real server and browser")
+    parser.add_argument("--pages", action="store_true",
+                        help="every page's time until drawn in a real browser, and a confusion-matrix click")
     parser.add_argument("--sweep", action="store_true",
                         help="a 9-member sweep locally and through a local Ray head, and slider moves")
     args = parser.parse_args(argv)
@@ -156,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         from mnist_core.bench_sweep import main as sweep
 
         return sweep()
+    if args.pages:
+        from mnist_core.bench_pages import main as pages
+
+        return pages()
     if args.classroom:
         from mnist_core.bench_classroom import main as classroom
 

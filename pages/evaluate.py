@@ -73,6 +73,73 @@ def gallery(examples: list[Example], images: torch.Tensor) -> None:
                 st.caption(f"**{item.headline}**  \n{item.top3_text}  \ntest image #{item.index}")
 
 
+@st.fragment
+def matrix_and_cell(evaluation: Evaluation, labels: np.ndarray, test_images: torch.Tensor, run_id: str) -> None:
+    """The confusion matrix, the per-digit table and the images of the chosen cell. A fragment:
+    a click on a cell reruns only this part of the page, not the whole page."""
+    # The cell to inspect: a click on the chart sets the two selectboxes below, which also work alone.
+    true_key, predicted_key = f"eval_true_{run_id}", f"eval_predicted_{run_id}"
+    applied_key, chart_key = f"eval_click_{run_id}", f"eval_confusion_{run_id}"
+    if true_key not in st.session_state:
+        st.session_state[true_key], st.session_state[predicted_key] = most_confused(evaluation.confusion)
+    clicked = cell_from_chart_state(st.session_state.get(chart_key))
+    if clicked != st.session_state.get(applied_key):  # apply a new click once; keep later manual picks
+        st.session_state[applied_key] = clicked
+        if clicked is not None:
+            st.session_state[true_key], st.session_state[predicted_key] = clicked
+
+    matrix_col, table_col = st.columns([1, 1], gap="large")
+    with matrix_col:
+        st.subheader("Confusion matrix", help=help_text("confusion_matrix"))
+        st.plotly_chart(
+            confusion_figure(evaluation.confusion, (st.session_state[true_key], st.session_state[predicted_key])),
+            key=chart_key, on_select="rerun", selection_mode=("points",), config={"displayModeBar": False},
+        )
+        with st.expander("Why? How to read a confusion matrix"):
+            st.write(help_text("confusion_matrix"))
+            st.write("Colours use a logarithmic scale, so that a cell with 5 mistakes is visible next "
+                     "to a diagonal cell with 1,000 correct answers.")
+    with table_col:
+        st.subheader("Per-digit scores", help=help_text("precision_recall"))
+        st.dataframe(
+            class_table(evaluation), hide_index=True,
+            column_config={
+                "digit": st.column_config.NumberColumn("digit", width="small"),
+                "precision": st.column_config.ProgressColumn(
+                    "precision", format="%.3f", min_value=0.0, max_value=1.0, width="small",
+                    help="Of the images predicted as this digit, the fraction that really are."),
+                "recall": st.column_config.ProgressColumn(
+                    "recall", format="%.3f", min_value=0.0, max_value=1.0, width="small",
+                    help="Of the images that really are this digit, the fraction found."),
+                "F1": st.column_config.NumberColumn(
+                    "F1", format="%.3f", width="small", help="Harmonic mean of precision and recall."),
+                "support": st.column_config.NumberColumn(
+                    "support", width="small", help="How many test images show this digit."),
+            },
+        )
+        with st.expander("Why? Precision, recall and F1"):
+            st.write(help_text("precision_recall"))
+
+    st.subheader("Look inside one cell")
+    true_col, predicted_col, count_col = st.columns([1, 1, 2])
+    true_digit = true_col.selectbox("True digit", DIGITS, key=true_key,
+                                    help="The row of the confusion matrix: what the image really shows.")
+    predicted_digit = predicted_col.selectbox("Predicted digit", DIGITS, key=predicted_key,
+                                              help="The column: what the model said.")
+    count = int(evaluation.confusion[true_digit, predicted_digit])
+    shown = cell_examples(evaluation, labels, true_digit, predicted_digit, limit=4 * PER_ROW)
+    if true_digit == predicted_digit:
+        count_col.markdown(f"{count:,} test images of a **{true_digit}** were classified correctly. "
+                           "Shown: the ones the model was least sure of.")
+    else:
+        count_col.markdown(f"{count:,} test images of a **{true_digit}** were taken for a "
+                           f"**{predicted_digit}**. Shown: the most confident mistakes first.")
+    if shown:
+        gallery(shown, test_images)
+    else:
+        st.info(f"No test image of a {true_digit} was predicted as {predicted_digit}. Pick another cell.")
+
+
 data = require_data()
 st.title("Evaluate a model")
 st.write(
@@ -118,67 +185,7 @@ loss_col.metric("Test loss", f"{evaluation.loss:.4f}", help=help_text("loss_vs_m
 wrong_col.metric("Mistakes", f"{wrong:,} of {len(labels):,}",
                  help="Test images whose most probable digit is not the true one.")
 
-# The cell to inspect: a click on the chart sets the two selectboxes below, which also work alone.
-true_key, predicted_key = f"eval_true_{run_id}", f"eval_predicted_{run_id}"
-applied_key, chart_key = f"eval_click_{run_id}", f"eval_confusion_{run_id}"
-if true_key not in st.session_state:
-    st.session_state[true_key], st.session_state[predicted_key] = most_confused(evaluation.confusion)
-clicked = cell_from_chart_state(st.session_state.get(chart_key))
-if clicked != st.session_state.get(applied_key):  # apply a new click once; keep later manual picks
-    st.session_state[applied_key] = clicked
-    if clicked is not None:
-        st.session_state[true_key], st.session_state[predicted_key] = clicked
-
-matrix_col, table_col = st.columns([1, 1], gap="large")
-with matrix_col:
-    st.subheader("Confusion matrix", help=help_text("confusion_matrix"))
-    st.plotly_chart(
-        confusion_figure(evaluation.confusion, (st.session_state[true_key], st.session_state[predicted_key])),
-        key=chart_key, on_select="rerun", selection_mode=("points",), config={"displayModeBar": False},
-    )
-    with st.expander("Why? How to read a confusion matrix"):
-        st.write(help_text("confusion_matrix"))
-        st.write("Colours use a logarithmic scale, so that a cell with 5 mistakes is visible next "
-                 "to a diagonal cell with 1,000 correct answers.")
-with table_col:
-    st.subheader("Per-digit scores", help=help_text("precision_recall"))
-    st.dataframe(
-        class_table(evaluation), hide_index=True,
-        column_config={
-            "digit": st.column_config.NumberColumn("digit", width="small"),
-            "precision": st.column_config.ProgressColumn(
-                "precision", format="%.3f", min_value=0.0, max_value=1.0, width="small",
-                help="Of the images predicted as this digit, the fraction that really are."),
-            "recall": st.column_config.ProgressColumn(
-                "recall", format="%.3f", min_value=0.0, max_value=1.0, width="small",
-                help="Of the images that really are this digit, the fraction found."),
-            "F1": st.column_config.NumberColumn(
-                "F1", format="%.3f", width="small", help="Harmonic mean of precision and recall."),
-            "support": st.column_config.NumberColumn(
-                "support", width="small", help="How many test images show this digit."),
-        },
-    )
-    with st.expander("Why? Precision, recall and F1"):
-        st.write(help_text("precision_recall"))
-
-st.subheader("Look inside one cell")
-true_col, predicted_col, count_col = st.columns([1, 1, 2])
-true_digit = true_col.selectbox("True digit", DIGITS, key=true_key,
-                                help="The row of the confusion matrix: what the image really shows.")
-predicted_digit = predicted_col.selectbox("Predicted digit", DIGITS, key=predicted_key,
-                                          help="The column: what the model said.")
-count = int(evaluation.confusion[true_digit, predicted_digit])
-shown = cell_examples(evaluation, labels, true_digit, predicted_digit, limit=4 * PER_ROW)
-if true_digit == predicted_digit:
-    count_col.markdown(f"{count:,} test images of a **{true_digit}** were classified correctly. "
-                       "Shown: the ones the model was least sure of.")
-else:
-    count_col.markdown(f"{count:,} test images of a **{true_digit}** were taken for a "
-                       f"**{predicted_digit}**. Shown: the most confident mistakes first.")
-if shown:
-    gallery(shown, data.test_images)
-else:
-    st.info(f"No test image of a {true_digit} was predicted as {predicted_digit}. Pick another cell.")
+matrix_and_cell(evaluation, labels, data.test_images, run_id)
 
 st.subheader("The most confident mistakes")
 st.write("Wrong answers the model was surest about. Some are the model's fault; some test "

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mnist_core import serve
+from mnist_core.bench_classroom import CHROMIUM_ARGS
+from mnist_core.bench_pages import DRAWN_JS, PAGE_TITLES
 from mnist_core.serve import Server, descendants, memory_of, visitor_cookie  # noqa: F401  (used by the tests)
 
 if TYPE_CHECKING:
@@ -22,24 +24,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
-# url path -> title shown by st.title; url paths are what st.navigation derives from the file names.
-PAGES = {
-    "": "Learn deep learning on MNIST",
-    "dataset": "The dataset",
-    "mean_images": "Mean images: the baseline first",
-    "train": "Train a model",
-    "evaluate": "Evaluate a model",
-    "compare": "Compare runs",
-    "sweeps": "Sweeps",
-    "draw": "Draw a digit",
-    "inside": "Inside the network",
-}
+PAGES = PAGE_TITLES  # url path -> the title the page shows (as the page bench reads them)
 
 
 @contextmanager
@@ -107,17 +94,7 @@ def page_url(server: Server, path: str) -> str:
     return f"{server.url}/{path}"
 
 
-IDLE_JS = """() => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    const main = document.querySelector('[data-testid="stMain"]');
-    if (!app || !main || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-    const shown = main.querySelector('h1') || main.querySelector('[data-testid="stException"]');
-    if (!shown || document.querySelector('[data-testid="stSkeleton"]')) return false;
-    const images = [...main.querySelectorAll('img')].every(img => img.complete);
-    const charts = [...main.querySelectorAll('[data-testid="stPlotlyChart"]')]
-        .every(chart => chart.querySelector('.main-svg'));
-    return images && charts;
-}"""
+IDLE_JS = DRAWN_JS  # the script run is over and everything on the page is drawn
 
 
 IDLE_STATE_JS = """() => {
