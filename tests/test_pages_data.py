@@ -100,6 +100,9 @@ def test_dataset_close_up_names_the_chosen_image(mnist) -> None:
     assert any(
         f"Image #7 is labelled **{int(mnist.train_labels[7])}**" in m.value for m in at.markdown
     )
+    close_up = at.dataframe[-1].value  # the 784 values, as a 28 x 28 table
+    assert close_up.shape == (28, 28)
+    assert (close_up.to_numpy() == mnist.train_images[7].numpy()).all()
 
 
 def test_mean_images_page_shows_the_baseline_accuracy(mnist) -> None:
