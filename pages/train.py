@@ -45,6 +45,8 @@ from pages.common import (
 
 RUN_KEY = "train_run"  # session_state: the run this tab watches (mirrored in ?run=)
 NOTICE_KEY = "train_notice"  # session_state: (run id, outcome) of this tab's last launch
+LAUNCHES_KEY = "train_launches"  # session_state: how many launches this tab made
+RUN_SECTION = "train_run_section"  # the container of the watched run, scrolled to after Launch
 DEFAULTS = TrainConfig()
 SMOOTHING = 0.2  # EMA weight of the newest point; points come every 10 batches: roughly a 50-batch average
 
@@ -87,7 +89,11 @@ def seed_form(config: dict) -> None:
 def settings_form(read_only: bool) -> dict | None:
     """Every TrainConfig field as a widget; the chosen values once Launch is pressed."""
     if "train_model" not in st.session_state:  # first visit, or back from another page
-        seed_form(DEFAULTS.to_dict())
+        # A reload or a shared link names a run: the form shows that run's settings, so what is
+        # on screen matches; otherwise the defaults.
+        run_id = remembered_run()
+        watched = current(get_store(), run_id) if run_id else None
+        seed_form(watched.config if watched else DEFAULTS.to_dict())
     caps = limits()
     max_epochs = min(int(RANGES["epochs"][1]), caps.max_epochs)
     max_batch = min(int(RANGES["batch_size"][1]), caps.max_batch_size)
@@ -174,8 +180,9 @@ def settings_form(read_only: bool) -> dict | None:
     return values if launched else None
 
 
-def launch(values: dict) -> None:
-    """Validate and submit; a bad setting becomes an error naming the field, never a traceback."""
+def launch(values: dict) -> bool:
+    """Validate and submit; a bad setting becomes an error naming the field, never a traceback.
+    True when the run was submitted."""
     typed = values.pop("_name", None)
     try:
         person = claim_for_session(typed) if typed is not None else current_person()
@@ -183,12 +190,33 @@ def launch(values: dict) -> None:
     except ConfigError as err:
         detail = str(err).removeprefix(f"{err.field}: ")
         st.error(f"Cannot launch: the setting **{err.field}** is not accepted — {plain(detail)}")
-        return
+        return False
     except access.NotAllowed as err:
         st.error(f"Cannot launch: {plain(err)}")
-        return
+        return False
     remember(submission.run_id)
     st.session_state[NOTICE_KEY] = (submission.run_id, submission.outcome)
+    st.session_state[LAUNCHES_KEY] = st.session_state.get(LAUNCHES_KEY, 0) + 1
+    return True
+
+
+def scroll_to_run() -> None:
+    """Bring the run's section into view once after Launch: it sits below the long form, where
+    a visitor would otherwise not see the run start. A script in st.html runs in the page itself;
+    the launch number makes each launch's element new, so it runs again; it is drawn only in the
+    script run that launched, so later reruns leave the visitor's scrolling alone."""
+    st.html(
+        f"<script data-launch='{int(st.session_state.get(LAUNCHES_KEY, 0))}'>(() => {{"
+        "  let tries = 0;"
+        "  const go = () => {"
+        f"    const section = document.querySelector('.st-key-{RUN_SECTION}');"
+        "    if (section) section.scrollIntoView({behavior: 'smooth', block: 'start'});"
+        "    else if (tries++ < 50) setTimeout(go, 100);"
+        "  };"
+        "  go();"
+        "})();</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 def show_notice(record: RunRecord) -> None:
@@ -408,37 +436,39 @@ for column, (name, recipe) in zip(recipe_columns[1:], RECIPES.items()):
     )
     column.caption(RECIPE_PURPOSES[name])
 values = settings_form(read_only)
-if values is not None:
-    launch(values)
+launched = values is not None and launch(values)
 
-run_id = remembered_run()
-record = current(get_store(), run_id) if run_id else None
-if run_id and record is None:
-    st.warning("The run in this link does not exist (it was deleted, or the link is wrong). Launch a new one above.")
-    st.text(f"Run in the link: {run_id[:100]}")  # a visitor's value: shown as text, never markdown
-    forget()
-if record is None:
-    active = get_store().list_runs(ACTIVE)
-    if active:
-        latest = active[0]
-        st.info(f"Run `{latest.id}` is {latest.status} right now.")
-        if st.button(f"Watch {latest.id}", key="attach_active", help="Follow this run's progress live here."):
-            remember(latest.id)
-            st.rerun()
+with st.container(key=RUN_SECTION):
+    run_id = remembered_run()
+    record = current(get_store(), run_id) if run_id else None
+    if run_id and record is None:
+        st.warning("The run in this link does not exist (it was deleted, or the link is wrong). Launch a new one above.")
+        st.text(f"Run in the link: {run_id[:100]}")  # a visitor's value: shown as text, never markdown
+        forget()
+    if record is None:
+        active = get_store().list_runs(ACTIVE)
+        if active:
+            latest = active[0]
+            st.info(f"Run `{latest.id}` is {latest.status} right now.")
+            if st.button(f"Watch {latest.id}", key="attach_active", help="Follow this run's progress live here."):
+                remember(latest.id)
+                st.rerun()
+        else:
+            st.caption("No run is being watched. Launch one above; its progress appears here.")
     else:
-        st.caption("No run is being watched. Launch one above; its progress appears here.")
-else:
-    remember(record.id)  # also puts ?run= back into a URL that lost it
-    show_notice(record)
-    if record.active:
-        live_run(record.id, waiting_for_steps=get_store().last_step(record.id) is None)
-    else:
-        show_run(record)
-    st.button(
-        "Copy this run's settings into the form", key="copy_settings", on_click=seed_form, args=(record.config,),
-        icon=":material/content_copy:",
-        help="Then change one setting and launch again: two runs that differ in one setting show what it does.",
-    )
+        remember(record.id)  # also puts ?run= back into a URL that lost it
+        show_notice(record)
+        if record.active:
+            live_run(record.id, waiting_for_steps=get_store().last_step(record.id) is None)
+        else:
+            show_run(record)
+        st.button(
+            "Copy this run's settings into the form", key="copy_settings", on_click=seed_form, args=(record.config,),
+            icon=":material/content_copy:",
+            help="Then change one setting and launch again: two runs that differ in one setting show what it does.",
+        )
+if launched:
+    scroll_to_run()
 
 show_queue()
 finished = get_store().list_runs(("finished",))

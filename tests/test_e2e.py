@@ -28,6 +28,10 @@ pytestmark = pytest.mark.browser
 FINISHED = re.compile(r"Finished: test accuracy (\d+\.\d+%)")
 TRAIN_TIMEOUT_MS = 90_000
 RUN_PAGES = ("train", "evaluate", "compare", "draw", "inside")  # they change once a run exists
+IN_VIEW_JS = """(selector) => {
+    const box = document.querySelector(selector).getBoundingClientRect();
+    return box.top < window.innerHeight && box.bottom > 0;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,8 @@ def trained_run(browser, server) -> tuple[str, str]:
         finished = tab.get_by_text(FINISHED)
         finished.wait_for(timeout=TRAIN_TIMEOUT_MS)
         wait_until_idle(tab, server)
+        # Launch brought the run's section (below the long form) into view by itself.
+        assert tab.evaluate(IN_VIEW_JS, ".st-key-train_run_section"), "the page did not move to the run"
         assert_healthy(tab, server, PAGES["train"])
         screenshot(tab, "train-finished")
         accuracy = FINISHED.search(finished.inner_text()).group(1)

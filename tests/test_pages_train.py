@@ -99,6 +99,8 @@ def trained(runs: RunStore) -> str:
     assert not at.error, texts(at.error)
     run_id = at.query_params.get("run")
     assert run_id and run_id.startswith("linear-"), at.query_params
+    scripts = [element.proto.body for element in at.get("html")]
+    assert any("st-key-train_run_section" in body and "scrollIntoView" in body for body in scripts)
     assert at.session_state["train_run"] == run_id
     record = runs.get_run(run_id)
     assert record is not None and record.config["batch_size"] == 256 and record.config["seed"] == SEED
@@ -132,15 +134,25 @@ def test_launched_run_finishes_and_shows_its_accuracy(trained: str, runs: RunSto
     assert at.query_params["run"] == trained
 
 
+def test_a_reopened_tab_shows_the_watched_runs_settings_in_the_form(trained: str):
+    at = open_page("pages/train.py", run=trained)  # a reload, or a shared link: only the URL knows the run
+    assert at.selectbox(key="train_model").value == "linear"
+    assert at.number_input(key="train_batch_size").value == 256
+    assert at.number_input(key="train_seed").value == SEED
+    assert at.number_input(key="train_time_budget_s").value is None
+    fresh = open_page("pages/train.py")  # no run named: the defaults
+    assert fresh.selectbox(key="train_model").value == "cnn-small"
+
+
 def test_a_runs_settings_can_be_copied_into_the_form(trained: str):
     at = open_page("pages/train.py", run=trained)
-    assert at.selectbox(key="train_model").value == "cnn-small"  # a fresh tab starts at the defaults
+    at.button(key="recipe_cnn-sprint").click().run()  # the form now holds other settings
+    assert at.selectbox(key="train_model").value == "cnn-sprint"
     at.button(key="copy_settings").click().run()
     assert not at.exception
     assert at.selectbox(key="train_model").value == "linear"
     assert at.number_input(key="train_batch_size").value == 256
     assert at.number_input(key="train_seed").value == SEED
-    assert at.number_input(key="train_time_budget_s").value is None
 
 
 def test_same_settings_again_are_served_from_the_store(trained: str, runs: RunStore):
