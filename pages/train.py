@@ -26,7 +26,7 @@ from mnist_core.history import (
     thin,
 )
 from mnist_core import access
-from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes
+from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes, terms_in
 from mnist_core.jobs import current, queue_table
 from mnist_core.lessons import what_happened
 from mnist_core.models import MODELS
@@ -113,6 +113,10 @@ def settings_form(read_only: bool) -> dict | None:
             format_func=lambda name: f"{name} — {MODELS[name].description} ({parameter_count(name):,} parameters)",
             help="Which network to train. " + help_text("parameters") + " " + help_text("convolution"),
         )
+        # Terms in the chosen model's description (batch norm, VGG-style…), explained where they show.
+        described = [t for t in terms_in(MODELS[values["model"]].description) if t not in ("parameters", "convolution")]
+        if described:
+            st.caption("\n\n".join(f"**{ENTRIES[t].title}**: {ENTRIES[t].text}" for t in described))
         left, middle, right = st.columns(3)
         with left:
             values["epochs"] = st.number_input(

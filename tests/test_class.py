@@ -119,6 +119,7 @@ def test_two_students_and_a_teacher(browser, server):
         bob.get_by_text("Delete a run").click()
         options = bob.get_by_role("combobox", name="Run to delete")
         options.click()
+        bob.get_by_role("option").first.wait_for()  # the list opens after the click
         offered = bob.get_by_role("option").all_inner_texts()
         assert offered == [f"linear · seed 12 ({run_id_for(TrainConfig(model='linear', seed=12))})"], offered
         bob.keyboard.press("Escape")

@@ -209,7 +209,11 @@ def test_estimated_starts_of_three_waiting_runs_are_within_2x_of_the_actual_star
     """The line's estimates come from a finished run's measured pace and the work ahead."""
     calibration = queue.submit(TrainConfig(model="mlp", epochs=3, batch_size=4, seed=500), Person("cal"))
     assert wait_for(store, calibration.run_id).status == "finished"
-    queue.submit(TrainConfig(model="mlp", epochs=4, batch_size=4, seed=501), Person("ada"))
+    running = queue.submit(TrainConfig(model="mlp", epochs=4, batch_size=4, seed=501), Person("ada")).run_id
+    deadline = time.monotonic() + 60
+    while store.get_run(running).status == "queued":  # the worker is free only once the last run is stored
+        assert time.monotonic() < deadline, "the worker never claimed the run"
+        time.sleep(0.05)
     waiting = [queue.submit(TrainConfig(model="mlp", epochs=epochs, batch_size=4, seed=502 + i), Person(name)).run_id
                for i, (epochs, name) in enumerate(((2, "bea"), (3, "cy"), (2, "di")))]
     submitted = time.time()
