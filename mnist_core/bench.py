@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         from mnist_core.bench_classroom import main as classroom
 
         return classroom()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as err:  # e.g. --device cuda on a machine without a GPU
+        parser.error(str(err))
     data = load_mnist()
     print(cpu_header())
     print(f"device: {describe_device(device)}; bf16 mixed precision with precision auto: "

@@ -77,3 +77,14 @@ def test_sweep_trains_each_member_once_and_refuses_bad_lists(mnist, tmp_path, mo
         error = capsys.readouterr().err
         assert code == 2 and message in error, (args, error)
     assert (len(store.list_runs()), len(store.list_sweeps())) == before  # nothing queued half-way
+
+
+def test_bench_refuses_a_device_this_machine_lacks_with_a_sentence():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the request is valid here")
+    done = subprocess.run([sys.executable, "-m", "mnist_core.bench", "--device", "cuda"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "no CUDA GPU is available" in done.stderr and "Traceback" not in done.stderr
