@@ -116,7 +116,7 @@ def throughput(data: Mnist, device: torch.device, pairs: int) -> None:
 def fastest_recipe(data: Mnist, device: torch.device, seeds: int) -> None:
     """Each seed's time to 99.0% test accuracy and final accuracy with the fastest recipe."""
     name = next(iter(RECIPES))
-    recipe = RECIPES[name].replace(device=device.type)
+    recipe = RECIPES[name].config.replace(device=device.type)
     print(f"recipe {name}: {recipe.epochs} epoch(s), batch {recipe.batch_size}, {recipe.optimizer} "
           f"lr {recipe.lr:g} {recipe.schedule}, validation split {recipe.val_split:g}")
     times = []
@@ -133,7 +133,7 @@ def fastest_recipe(data: Mnist, device: torch.device, seeds: int) -> None:
 
 
 def best_recipe(data: Mnist, device: torch.device) -> None:
-    best = RECIPES["cnn-best"].replace(device=device.type)
+    best = RECIPES["cnn-best"].config.replace(device=device.type)
     start = time.perf_counter()
     result = train(best, data, on_epoch=lambda e: print(
         f"  cnn-best epoch {e.epoch}: test accuracy {e.test_accuracy:.4f} ({e.elapsed:.0f} s)", flush=True))

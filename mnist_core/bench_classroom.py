@@ -11,7 +11,6 @@ Needs the test requirements (playwright) and Debian's chromium. Prints:
 
 from __future__ import annotations
 
-import os
 import re
 import time
 
@@ -19,13 +18,8 @@ from mnist_core.config import Limits, TrainConfig
 from mnist_core.device import cpu_header
 from mnist_core.jobs import run_id_for, submit
 from mnist_core.runs import RunStore
-from mnist_core.serve import Server, streamlit_server
+from mnist_core.serve import Server, bench_ready, chromium, streamlit_server
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
 IDLE_JS = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
     const main = document.querySelector('[data-testid="stMain"]');
@@ -124,14 +118,10 @@ def throughput(browser, server: Server) -> tuple[float, float]:
 
 
 def main() -> int:
-    from playwright.sync_api import sync_playwright
-
-    if not os.environ.get("MNIST_DATA_DIR"):
-        print("set MNIST_DATA_DIR to the folder holding MNIST's four IDX files")
+    if not bench_ready():
         return 2
     print(cpu_header())
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         with streamlit_server() as server:
             warm(browser, server)
             print("Launch of linear, 1 epoch, on an idle warm server (seconds after the click):")
@@ -147,5 +137,4 @@ def main() -> int:
             label = f"threads {threads or 'default'}, nice {nice or 'default'}, OMP_WAIT_POLICY={policy}"
             print(f"  {label:<55} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
                   f"({polled / alone:.2f}x)", flush=True)
-        browser.close()
     return 0

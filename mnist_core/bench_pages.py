@@ -20,10 +20,9 @@ import os
 import statistics
 import time
 
-from mnist_core.bench_classroom import CHROMIUM, CHROMIUM_ARGS
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.device import cpu_header
-from mnist_core.serve import Server, streamlit_server
+from mnist_core.serve import Server, bench_ready, chromium, streamlit_server
 
 # URL path -> the title the page shows (its h1). Also the browser tests' list of pages.
 PAGE_TITLES = {
@@ -35,12 +34,6 @@ PAGE_TITLES = {
     "compare": "Compare runs",
     "sweeps": "Sweeps",
     "draw": "Draw a digit",
-    "inside": "Inside the network",
-}
-# The sidebar link of each page (app.py's SECTIONS).
-LINK_LABELS = {
-    "": "Start here", "dataset": "Dataset", "mean_images": "Mean images", "train": "Train",
-    "evaluate": "Evaluate", "compare": "Compare", "sweeps": "Sweeps", "draw": "Draw",
     "inside": "Inside the network",
 }
 DRAWN_JS = """() => {
@@ -118,7 +111,7 @@ def navigations(browser, server: Server) -> dict[str, list[float]]:
     order = [*list(PAGE_TITLES)[1:], ""]  # from home to each page in turn, and back home
     for _ in range(ROUNDS):
         for path in order:
-            link = page.locator('[data-testid="stSidebar"] a').filter(has_text=LINK_LABELS[path]).first
+            link = page.locator(f'[data-testid="stSidebar"] a[href="{path}"]')  # a link's href is its path
             start = time.perf_counter()
             link.click()
             wait_drawn(page, PAGE_TITLES[path])
@@ -148,24 +141,18 @@ def confusion_clicks(browser, server: Server) -> list[float]:
 
 
 def main() -> int:
-    from playwright.sync_api import sync_playwright
-
-    if not os.environ.get("MNIST_DATA_DIR"):
-        print("set MNIST_DATA_DIR to the folder holding MNIST's four IDX files")
+    if not bench_ready():
         return 2
     print(cpu_header())
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        with streamlit_server() as server:
-            train_one_run(server)
-            first = first_visits(browser, server)
-            warm = navigations(browser, server)
-            clicks = confusion_clicks(browser, server)
-        browser.close()
+    with chromium() as browser, streamlit_server() as server:
+        train_one_run(server)
+        first = first_visits(browser, server)
+        warm = navigations(browser, server)
+        clicks = confusion_clicks(browser, server)
     print("seconds until drawn: first visit since the server started | sidebar link on the warm server, "
           f"median (worst) of {ROUNDS}")
-    for path, title in PAGE_TITLES.items():
-        print(f"  {LINK_LABELS[path]:<20} {first[path]:6.2f} | {statistics.median(warm[path]):5.2f} "
+    for path in PAGE_TITLES:
+        print(f"  {path or 'home':<12} {first[path]:6.2f} | {statistics.median(warm[path]):5.2f} "
               f"({max(warm[path]):.2f})")
     print("Evaluate, click on a confusion-matrix cell until its images are drawn: "
           + ", ".join(f"{s:.2f}" for s in clicks) + " s")

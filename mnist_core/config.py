@@ -216,19 +216,26 @@ def check_settings() -> None:
     ray_address()
 
 
-# Tuned starting points, offered by the Train page and measured by `python -m mnist_core.bench`.
-# The first recipe is the fastest route to 99% (the bench times it). Every recipe keeps a
-# validation split so the Train page can show overfitting.
-RECIPES: dict[str, TrainConfig] = {
-    "cnn-sprint": TrainConfig(model="cnn-sprint", epochs=1, batch_size=128, lr=2e-2, schedule="onecycle"),
-    "cnn-fast": TrainConfig(model="cnn-fast", epochs=3, batch_size=128, lr=3e-3, schedule="onecycle"),
-    "cnn-best": TrainConfig(model="cnn-best", epochs=12, batch_size=128, lr=3e-3, schedule="onecycle",
-                            augment="affine", dropout=0.25),
-}
-# What each recipe is for, shown under its button (figures from `python -m mnist_core.bench`
-# on a 2-core CPU without bf16; see the README).
-RECIPE_PURPOSES: dict[str, str] = {
-    "cnn-sprint": "The fastest recipe: 99% test accuracy in one epoch, about 6 s on two CPU cores.",
-    "cnn-fast": "Three epochs of a slightly bigger network: about 99.1%.",
-    "cnn-best": "Twelve epochs with augmentation: the most accurate, and it takes many minutes.",
+@dataclass(frozen=True)
+class Recipe:
+    """A tuned starting point: the settings, and what they are for in a visitor's words."""
+
+    config: TrainConfig
+    purpose: str
+
+
+# Offered by the Train page and measured by `python -m mnist_core.bench` (figures on a 2-core CPU
+# without bf16; see the README). The first recipe is the fastest route to 99% (the bench times
+# it). Every recipe keeps the default validation split so the Train page can show overfitting.
+RECIPES: dict[str, Recipe] = {
+    "cnn-sprint": Recipe(
+        TrainConfig(model="cnn-sprint", epochs=1, batch_size=128, lr=2e-2, schedule="onecycle"),
+        "The fastest recipe: 99% test accuracy in one epoch, about 5 s on two CPU cores."),
+    "cnn-fast": Recipe(
+        TrainConfig(model="cnn-fast", epochs=3, batch_size=128, lr=3e-3, schedule="onecycle"),
+        "Three epochs of a slightly bigger network: about 99.1%."),
+    "cnn-best": Recipe(
+        TrainConfig(model="cnn-best", epochs=12, batch_size=128, lr=3e-3, schedule="onecycle",
+                    augment="affine", dropout=0.25),
+        "Twelve epochs with augmentation: the most accurate, and it takes many minutes."),
 }

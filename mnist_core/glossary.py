@@ -361,7 +361,9 @@ def terms_in(text: str) -> list[str]:
     return [term for term, entry in ENTRIES.items() if any(re.search(w, text, re.IGNORECASE) for w in entry.words)]
 
 
-def notes(text: str) -> str:
-    """The entries `text` names, each as its title and explanation (markdown, our own words):
-    the tooltip of a line that lists several settings or terms at once."""
-    return "\n\n".join(f"**{ENTRIES[term].title}**: {ENTRIES[term].text}" for term in terms_in(text))
+def notes(text: str, skip: tuple[str, ...] = ()) -> str:
+    """The entries `text` names, except those in `skip` (explained nearby already), each as its
+    title and explanation (markdown, our own words): the tooltip or caption of a line that names
+    several settings or terms at once."""
+    return "\n\n".join(f"**{ENTRIES[term].title}**: {ENTRIES[term].text}"
+                         for term in terms_in(text) if term not in skip)

@@ -21,6 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The system Chromium (Playwright cannot download its own browsers here), headless and quiet.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
 
 
 class ServerError(RuntimeError):
@@ -133,6 +139,27 @@ def streamlit_server(env_overrides: dict[str, str] | None = None, args: list[str
             process.kill()
             process.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def chromium() -> Iterator:
+    """A headless system Chromium through playwright's sync API, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def bench_ready() -> bool:
+    """Whether a browser bench can run: MNIST_DATA_DIR names the data (else it says so)."""
+    if os.environ.get("MNIST_DATA_DIR"):
+        return True
+    print("set MNIST_DATA_DIR to the folder holding MNIST's four IDX files")
+    return False
 
 
 def visitor_cookie(server: Server, name: str) -> dict:

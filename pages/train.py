@@ -11,7 +11,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core.config import CHOICES, RANGES, RECIPE_PURPOSES, RECIPES, ConfigError, TrainConfig
+from mnist_core.config import CHOICES, RANGES, RECIPES, ConfigError, TrainConfig
 from mnist_core.device import available_devices
 from mnist_core.history import (
     CONFIG_COLUMNS,
@@ -26,7 +26,7 @@ from mnist_core.history import (
     thin,
 )
 from mnist_core import access
-from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes, terms_in
+from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes
 from mnist_core.jobs import current, queue_table
 from mnist_core.lessons import what_happened
 from mnist_core.models import MODELS
@@ -113,10 +113,10 @@ def settings_form(read_only: bool) -> dict | None:
             format_func=lambda name: f"{name} — {MODELS[name].description} ({parameter_count(name):,} parameters)",
             help="Which network to train. " + help_text("parameters") + " " + help_text("convolution"),
         )
-        # Terms in the chosen model's description (batch norm, VGG-style…), explained where they show.
-        described = [t for t in terms_in(MODELS[values["model"]].description) if t not in ("parameters", "convolution")]
+        # The terms of the chosen model's description (batch norm, VGG-style…), where they show.
+        described = notes(MODELS[values["model"]].description, skip=("parameters", "convolution"))
         if described:
-            st.caption("\n\n".join(f"**{ENTRIES[t].title}**: {ENTRIES[t].text}" for t in described))
+            st.caption(described)
         left, middle, right = st.columns(3)
         with left:
             values["epochs"] = st.number_input(
@@ -433,12 +433,13 @@ if read_only:
 recipe_columns = st.columns(len(RECIPES) + 1)
 recipe_columns[0].caption("Start from a tuned recipe:")
 for column, (name, recipe) in zip(recipe_columns[1:], RECIPES.items()):
+    tuned = recipe.config
     column.button(
-        f"Recipe: {name}", key=f"recipe_{name}", on_click=seed_form, args=(recipe.to_dict(),),
-        help=f"{recipe.epochs} epochs, batch {recipe.batch_size}, {recipe.optimizer} lr {recipe.lr:g} with a "
-             f"{recipe.schedule} schedule, augmentation {recipe.augment}. Measured by `python -m mnist_core.bench`.",
+        f"Recipe: {name}", key=f"recipe_{name}", on_click=seed_form, args=(tuned.to_dict(),),
+        help=f"{tuned.epochs} epochs, batch {tuned.batch_size}, {tuned.optimizer} lr {tuned.lr:g} with a "
+             f"{tuned.schedule} schedule, augmentation {tuned.augment}. Measured by `python -m mnist_core.bench`.",
     )
-    column.caption(RECIPE_PURPOSES[name])
+    column.caption(recipe.purpose)
 values = settings_form(read_only)
 launched = values is not None and launch(values)
 

@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from mnist_core import serve
-from mnist_core.bench_classroom import CHROMIUM_ARGS
 from mnist_core.bench_pages import DRAWN_JS, PAGE_TITLES
-from mnist_core.serve import Server, descendants, memory_of, visitor_cookie  # noqa: F401  (used by the tests)
+from mnist_core.serve import CHROMIUM, CHROMIUM_ARGS, Server, descendants, memory_of, visitor_cookie  # noqa: F401  (used by the tests)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 PAGES = PAGE_TITLES  # url path -> the title the page shows (as the page bench reads them)
@@ -61,16 +59,10 @@ def launch_options() -> dict:
 
 @contextmanager
 def chromium() -> Iterator[Browser]:
-    """A headless Chromium from the playwright package (sync API)."""
-    options = launch_options()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(**options)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """A headless system Chromium (mnist_core.serve), skipped or failed without it."""
+    require_chromium()
+    with serve.chromium() as browser:
+        yield browser
 
 
 def server_paths_in(text: str, server: Server) -> list[str]:

@@ -24,7 +24,7 @@ from streamlit.testing.v1 import AppTest
 
 from mnist_core.config import TrainConfig
 from mnist_core.data import Mnist
-from mnist_core.glossary import ENTRIES, GLOSSARY, explain, terms_in
+from mnist_core.glossary import ENTRIES, GLOSSARY, explain, notes, terms_in
 from mnist_core.jobs import run_id_for
 from mnist_core.naming import run_name
 from mnist_core.runs import RunStore
@@ -212,3 +212,12 @@ def test_every_term_a_page_uses_is_explained_on_it(runs, view, page, model, stat
     missing = screen.undefined()
     assert not missing, f"{view}: terms used but not explained:\n" + "\n".join(
         f"  {term}, in: {where!r}" for term, where in sorted(missing.items()))
+
+
+def test_notes_explain_each_named_term_except_those_skipped():
+    text = "Two 5x5 conv layers with batch-norm"
+    assert f"**{ENTRIES['batch_norm'].title}**" in notes(text)
+    assert "convolution" in terms_in(text)
+    skipped = notes(text, skip=("convolution",))
+    assert f"**{ENTRIES['batch_norm'].title}**" in skipped
+    assert f"**{ENTRIES['convolution'].title}**" not in skipped

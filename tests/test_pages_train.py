@@ -374,7 +374,7 @@ def test_a_recipe_button_fills_the_form_with_the_tuned_settings():
     at.button(key="recipe_cnn-fast").click()
     at.run()
     assert not at.exception
-    recipe = RECIPES["cnn-fast"]
+    recipe = RECIPES["cnn-fast"].config
     assert at.selectbox(key="train_model").value == "cnn-fast"
     assert at.number_input(key="train_batch_size").value == recipe.batch_size
     assert at.selectbox(key="train_schedule").value == recipe.schedule
