@@ -51,13 +51,13 @@ TITLE_JS = """(title) => {
     const h1 = document.querySelector('[data-testid="stMain"] h1');
     return !!h1 && h1.innerText.trim() === title;
 }"""
-# Pixel centre of the confusion matrix's cell (true, predicted), from Plotly's own axes.
+# Pixel centre of the confusion matrix's cell (true, predicted): the table's eleven columns (row
+# labels, then predicted 0-9) and its eleven rows (header, then true 0-9) are equally wide and tall.
 CELL_JS = """([truth, predicted]) => {
-    const plot = document.querySelector('[data-testid="stPlotlyChart"] .js-plotly-plot');
-    plot.scrollIntoView({block: 'center'});
-    const box = plot.getBoundingClientRect(), layout = plot._fullLayout;
-    return {x: box.left + layout.xaxis._offset + layout.xaxis.l2p(predicted),
-            y: box.top + layout.yaxis._offset + layout.yaxis.l2p(truth)};
+    const table = document.querySelector('[data-testid="stMain"] [data-testid="stDataFrame"]');
+    table.scrollIntoView({block: 'center'});
+    const box = table.getBoundingClientRect(), width = (box.width - 2) / 11, height = (box.height - 3) / 11;
+    return {x: box.left + 1 + width * (predicted + 1.5), y: box.top + 1 + height * (truth + 1.5)};
 }"""
 # Whether the "Look inside one cell" sentence speaks of the cell (true, predicted).
 CELL_SHOWN_JS = """([truth, predicted]) => {

@@ -96,16 +96,22 @@ def most_confused(confusion: np.ndarray) -> tuple[int, int]:
     return int(true), int(predicted)
 
 
-def cell_from_chart_state(state: Mapping[str, Any] | None) -> tuple[int, int] | None:
-    """The (true, predicted) cell picked on the confusion-matrix chart, from the chart's
-    selection state ({"selection": {"points": [{"x": predicted, "y": true, ...}]}}); None when
+def cell_from_table_state(state: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The (true, predicted) cell picked on the confusion-matrix table, from the table's
+    selection state ({"selection": {"cells": [[true row, "predicted column"], ...]}}); None when
     nothing usable is selected."""
     selection = (state or {}).get("selection") or {}
-    for point in selection.get("points") or []:
-        x, y = point.get("x"), point.get("y")
-        if all(is_digit_coordinate(v) for v in (x, y)):
-            return int(y), int(x)
+    for cell in selection.get("cells") or []:
+        if not isinstance(cell, (list, tuple)) or len(cell) != 2:
+            continue
+        row, column = cell
+        predicted = int(column) if isinstance(column, str) and column in DIGIT_NAMES else None
+        if is_digit_coordinate(row) and predicted is not None:
+            return int(row), predicted
     return None
+
+
+DIGIT_NAMES = tuple(str(d) for d in range(10))
 
 
 def is_digit_coordinate(value: Any) -> bool:

@@ -46,9 +46,9 @@ class Server:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def memory_bytes(self) -> int:
-        """Memory of the server and all its descendants (training runs in child processes forked
-        from a preloaded fork server). Counted as PSS, so pages the children share with the fork
-        server (torch's libraries) count once, not once per process as plain RSS would."""
+        """Memory of the server and all its descendants (the warm training workers). Counted as
+        PSS, so pages the processes share (torch's libraries, the workers' one mapped copy of
+        MNIST) count once, not once per process as plain RSS would."""
         return sum(memory_of(pid) for pid in [self.process.pid, *descendants(self.process.pid)])
 
 
@@ -92,7 +92,7 @@ def memory_of(pid: int) -> int:
     return 0
 
 
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
     """Poll /_stcore/health until it says "ok"; raise ServerError with the log if it dies or hangs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -6,6 +6,12 @@ once per server process, shared by all browser sessions, never once per session.
 
 from __future__ import annotations
 
+import ast
+import importlib
+import threading
+import time
+from pathlib import Path
+
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
@@ -32,30 +38,16 @@ from mnist_core.runs import RunRecord, RunStore
 from mnist_core.text import plain, report
 
 
-def route_through_app() -> None:
-    """Make a deep link opened on a fresh server run app.py's navigation, not the bare page.
-
-    Because a `pages/` folder sits beside app.py, Streamlit starts in its legacy folder mode
-    until app.py's `st.navigation` has run once; a first visitor of /evaluate would get the page
-    without the sidebar or layout. Leaving that mode and rerunning sends the same URL through
-    app.py (page ids are derived from the URL path in both modes).
-    """
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
 @st.cache_resource(show_spinner="Opening the run store…")
 def get_store() -> RunStore:
     return RunStore()
 
 
 @st.cache_resource(show_spinner=False)
-def warm_summaries(source: str) -> None:
+def warm_summaries(source: str) -> threading.Thread | None:
     """Start computing the data pages' figures in the background, once per server and source."""
     data = load_data()
-    if data is not None:
-        summaries.warm(data)
+    return summaries.warm(data) if data is not None else None
 
 
 @st.cache_resource(show_spinner=False)
@@ -73,6 +65,67 @@ def load_data() -> Mnist | None:
     except DataError as err:
         log_refusal(err)
         return None
+
+
+PAGES_DIR = Path(__file__).resolve().parent
+
+
+def page_imports() -> list[str]:
+    """Every module that a page file imports, read from the files themselves (so the list
+    cannot go stale), in first-seen order."""
+    names: dict[str, None] = {}
+    for page in sorted(PAGES_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(page.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names.update(dict.fromkeys(alias.name for alias in node.names))
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names[node.module] = None
+    return [name for name in names if name != "__future__"]
+
+
+def warm_up(wait_s: float = 90.0) -> dict[str, float]:
+    """Do before the first visit what its visitor would otherwise wait for; app.py runs this
+    while the server starts, before it accepts anyone.
+
+    Importing torch alone takes 2-4 s on a small machine; then the data, the run store, the
+    trainers (up and waiting) and the data pages' figures. Returns seconds per phase for the
+    server's log. A wrong setting raises SettingError before anything starts; missing data skips
+    the figures (the pages offer the upload).
+    """
+    from mnist_core.config import check_settings
+
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal start
+        now = time.perf_counter()
+        seconds[name] = now - start
+        start = now
+
+    check_settings()
+    # Beside a pages/ folder, Streamlit would serve a first deep link (/evaluate) in its legacy
+    # folder mode, the bare page without app.py's navigation; app.py always navigates.
+    PagesManager.uses_pages_directory = False
+    for name in page_imports():
+        importlib.import_module(name)
+    import plotly.express as px  # its figure machinery loads lazily, at the first figure
+
+    px.imshow([[0.0, 1.0]]).to_json()
+    phase("imports")
+    data = load_data()
+    phase("data")
+    queue = get_queue()  # the run store, runs of dead processes recovered, the trainers started
+    warming = warm_summaries(data.source) if data is not None else None
+    if warming is not None:
+        warming.join(wait_s)
+    phase("figures")
+    deadline = time.monotonic() + wait_s
+    if getattr(queue.pool, "backend", "") != "ray":  # a cluster's actors warm up on their own
+        while queue.pool.ready() < queue.pool.count and time.monotonic() < deadline:
+            time.sleep(0.1)
+    phase("trainers")
+    return seconds
 
 
 VISITOR_COOKIE = "mnist_visitor"  # a random token naming this browser; its name is in the store
@@ -294,7 +347,3 @@ def require_finished_runs(no_runs_hint: str, scope_key: str | None = None) -> li
 
 def help_text(term: str) -> str:
     return explain(term)
-
-
-# Last, so a session importing this module concurrently never sees it half-defined.
-route_through_app()

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-import plotly.graph_objects as go
+import pandas as pd
 import streamlit as st
 import torch
+from pandas.io.formats.style import Styler
 
 from mnist_core.evaluate import Evaluation
 from mnist_core.glossary import notes
 from mnist_core.predict import (
     Example,
     cell_examples,
-    cell_from_chart_state,
+    cell_from_table_state,
     class_table,
     confident_mistakes,
     default_run_index,
@@ -26,6 +27,8 @@ from pages.common import get_store, help_text, load_data, require_data, require_
 
 DIGITS = list(range(10))
 PER_ROW = 8
+CELL_PER_ROW, CELL_ROWS = 4, 3  # the chosen cell's images, in the half page beside the matrix
+MATRIX_COLUMN_PX = 42  # the row labels and ten columns, all this wide, fit beside the cell's images
 
 
 @st.cache_data(max_entries=8, show_spinner="Loading the run's test-set results…")
@@ -36,38 +39,30 @@ def cached_evaluation(run_id: str, finished: float | None) -> Evaluation:
     return load_evaluation(get_store(), run_id, data)
 
 
-def confusion_figure(confusion: np.ndarray, cell: tuple[int, int]) -> go.Figure:
-    """Counts as text, colour on a log scale so that mistakes (tens) show next to the diagonal
-    (about a thousand). Plotly cannot select heatmap cells, so an invisible marker sits on every
-    cell to make it clickable; the chosen cell gets an orange frame."""
-    fig = go.Figure(go.Heatmap(
-        z=np.log1p(confusion), x=DIGITS, y=DIGITS, text=confusion, texttemplate="%{text}",
-        colorscale="Blues", showscale=False, hoverinfo="skip",
-    ))
-    predicted, true = np.meshgrid(DIGITS, DIGITS)  # [i, j] = (true i, predicted j), like confusion
-    fig.add_trace(go.Scatter(
-        x=predicted.ravel(), y=true.ravel(), customdata=confusion.ravel(), mode="markers",
-        marker={"symbol": "square", "size": 34, "color": "rgba(0,0,0,0)"}, showlegend=False,
-        hovertemplate="true %{y}, predicted %{x}: %{customdata} test images<extra></extra>",
-    ))
-    chosen_true, chosen_predicted = cell
-    fig.add_shape(
-        type="rect", x0=chosen_predicted - 0.5, x1=chosen_predicted + 0.5,
-        y0=chosen_true - 0.5, y1=chosen_true + 0.5, line={"color": "#e8590c", "width": 3},
-    )
-    # Square cells: the plot area shrinks to fit ("domain") rather than padding the axes' ranges.
-    fig.update_xaxes(title="predicted digit", tickvals=DIGITS, side="top", showgrid=False, zeroline=False,
-                     constrain="domain")
-    fig.update_yaxes(title="true digit", tickvals=DIGITS, autorange="reversed", scaleanchor="x",
-                     showgrid=False, zeroline=False, constrain="domain")
-    fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode=False)
-    return fig
+def blue(share: float) -> str:
+    """A colour from white-blue (0) to dark blue (1), like Plotly's "Blues" scale."""
+    light, dark = (247, 251, 255), (8, 48, 107)
+    return "rgb({}, {}, {})".format(*(round(a + (b - a) * share) for a, b in zip(light, dark)))
 
 
-def gallery(examples: list[Example], images: torch.Tensor) -> None:
-    """Test images in rows of PER_ROW, each with its verdict and top-3 probabilities."""
-    for start in range(0, len(examples), PER_ROW):
-        for column, item in zip(st.columns(PER_ROW), examples[start : start + PER_ROW]):
+def confusion_table(confusion: np.ndarray, cell: tuple[int, int]) -> Styler:
+    """The confusion matrix as a table of counts (rows: true digit, columns: predicted digit),
+    shaded on a log scale so that mistakes (tens) show next to the diagonal (about a thousand);
+    the chosen cell is orange. A table, not a Plotly heatmap: a click on a cell redraws a
+    canvas instead of an SVG chart, which took 0.3-0.4 s per click in the browser here."""
+    frame = pd.DataFrame(confusion, index=[str(d) for d in DIGITS], columns=[str(d) for d in DIGITS])
+    scale = np.log1p(confusion) / max(float(np.log1p(confusion).max()), 1e-9)
+    styles = np.empty(confusion.shape, dtype=object)
+    for (true, predicted), share in np.ndenumerate(scale):
+        styles[true, predicted] = f"background-color: {blue(share)}; color: {'white' if share > 0.55 else '#1f2430'}"
+    styles[cell] = "background-color: #e8590c; color: white; font-weight: bold"
+    return frame.style.apply(lambda _: styles, axis=None)
+
+
+def gallery(examples: list[Example], images: torch.Tensor, per_row: int = PER_ROW) -> None:
+    """Test images in rows of `per_row`, each with its verdict and top-3 probabilities."""
+    for start in range(0, len(examples), per_row):
+        for column, item in zip(st.columns(per_row), examples[start : start + per_row]):
             with column:
                 st.image(enlarge(images[item.index], 3), width=84)
                 st.caption(f"**{item.headline}**  \n{item.top3_text}  \ntest image #{item.index}")
@@ -77,67 +72,75 @@ def gallery(examples: list[Example], images: torch.Tensor) -> None:
 def matrix_and_cell(evaluation: Evaluation, labels: np.ndarray, test_images: torch.Tensor, run_id: str) -> None:
     """The confusion matrix, the per-digit table and the images of the chosen cell. A fragment:
     a click on a cell reruns only this part of the page, not the whole page."""
-    # The cell to inspect: a click on the chart sets the two selectboxes below, which also work alone.
+    # The cell to inspect: a click on the table sets the two selectboxes below, which also work alone.
     true_key, predicted_key = f"eval_true_{run_id}", f"eval_predicted_{run_id}"
-    applied_key, chart_key = f"eval_click_{run_id}", f"eval_confusion_{run_id}"
+    applied_key, table_key = f"eval_click_{run_id}", f"eval_confusion_{run_id}"
     if true_key not in st.session_state:
         st.session_state[true_key], st.session_state[predicted_key] = most_confused(evaluation.confusion)
-    clicked = cell_from_chart_state(st.session_state.get(chart_key))
+    clicked = cell_from_table_state(st.session_state.get(table_key))
     if clicked != st.session_state.get(applied_key):  # apply a new click once; keep later manual picks
         st.session_state[applied_key] = clicked
         if clicked is not None:
             st.session_state[true_key], st.session_state[predicted_key] = clicked
 
-    matrix_col, table_col = st.columns([1, 1], gap="large")
+    matrix_col, cell_col = st.columns([5, 4], gap="large")
     with matrix_col:
         st.subheader("Confusion matrix", help=help_text("confusion_matrix"))
-        st.plotly_chart(
-            confusion_figure(evaluation.confusion, (st.session_state[true_key], st.session_state[predicted_key])),
-            key=chart_key, on_select="rerun", selection_mode=("points",), config={"displayModeBar": False},
+        st.caption("Each row is a true digit, each column the digit the model predicted: the row 4, "
+                   "column 9 cell counts the 4s taken for 9s. Click a cell to see its images.")
+        st.dataframe(
+            confusion_table(evaluation.confusion, (st.session_state[true_key], st.session_state[predicted_key])),
+            key=table_key, on_select="rerun", selection_mode="single-cell", height=35 * 11 + 3, width="content",
+            # Every column, the row labels too, equally wide: eleven columns of one width.
+            column_config={"_index": st.column_config.TextColumn(width=MATRIX_COLUMN_PX),
+                           **{str(d): st.column_config.NumberColumn(str(d), width=MATRIX_COLUMN_PX) for d in DIGITS}},
         )
         with st.expander("Why? How to read a confusion matrix"):
             st.write(help_text("confusion_matrix"))
             st.write("Colours use a logarithmic scale, so that a cell with 5 mistakes is visible next "
                      "to a diagonal cell with 1,000 correct answers.")
-    with table_col:
-        st.subheader("Per-digit scores", help=help_text("precision_recall"))
-        st.dataframe(
-            class_table(evaluation), hide_index=True,
-            column_config={
-                "digit": st.column_config.NumberColumn("digit", width="small"),
-                "precision": st.column_config.ProgressColumn(
-                    "precision", format="%.3f", min_value=0.0, max_value=1.0, width="small",
-                    help="Of the images predicted as this digit, the fraction that really are."),
-                "recall": st.column_config.ProgressColumn(
-                    "recall", format="%.3f", min_value=0.0, max_value=1.0, width="small",
-                    help="Of the images that really are this digit, the fraction found."),
-                "F1": st.column_config.NumberColumn(
-                    "F1", format="%.3f", width="small", help="Harmonic mean of precision and recall."),
-                "support": st.column_config.NumberColumn(
-                    "support", width="small", help="How many test images show this digit."),
-            },
-        )
-        with st.expander("Why? Precision, recall and F1"):
-            st.write(help_text("precision_recall"))
+    with cell_col:  # beside the matrix: a click shows its images without scrolling
+        st.subheader("Look inside one cell")
+        true_col, predicted_col = st.columns(2)
+        true_digit = true_col.selectbox("True digit", DIGITS, key=true_key,
+                                        help="The row of the confusion matrix: what the image really shows.")
+        predicted_digit = predicted_col.selectbox("Predicted digit", DIGITS, key=predicted_key,
+                                                  help="The column: what the model said.")
+        count = int(evaluation.confusion[true_digit, predicted_digit])
+        shown = cell_examples(evaluation, labels, true_digit, predicted_digit, limit=CELL_ROWS * CELL_PER_ROW)
+        if true_digit == predicted_digit:
+            st.markdown(f"{count:,} test images of a **{true_digit}** were classified correctly. "
+                        "Shown: the ones the model was least sure of.")
+        else:
+            st.markdown(f"{count:,} test images of a **{true_digit}** were taken for a "
+                        f"**{predicted_digit}**. Shown: the most confident mistakes first.")
+        if shown:
+            gallery(shown, test_images, per_row=CELL_PER_ROW)
+        else:
+            st.info(f"No test image of a {true_digit} was predicted as {predicted_digit}. Pick another cell.")
 
-    st.subheader("Look inside one cell")
-    true_col, predicted_col, count_col = st.columns([1, 1, 2])
-    true_digit = true_col.selectbox("True digit", DIGITS, key=true_key,
-                                    help="The row of the confusion matrix: what the image really shows.")
-    predicted_digit = predicted_col.selectbox("Predicted digit", DIGITS, key=predicted_key,
-                                              help="The column: what the model said.")
-    count = int(evaluation.confusion[true_digit, predicted_digit])
-    shown = cell_examples(evaluation, labels, true_digit, predicted_digit, limit=4 * PER_ROW)
-    if true_digit == predicted_digit:
-        count_col.markdown(f"{count:,} test images of a **{true_digit}** were classified correctly. "
-                           "Shown: the ones the model was least sure of.")
-    else:
-        count_col.markdown(f"{count:,} test images of a **{true_digit}** were taken for a "
-                           f"**{predicted_digit}**. Shown: the most confident mistakes first.")
-    if shown:
-        gallery(shown, test_images)
-    else:
-        st.info(f"No test image of a {true_digit} was predicted as {predicted_digit}. Pick another cell.")
+
+def per_digit_scores(evaluation: Evaluation) -> None:
+    """Precision, recall and F1 per digit: outside the fragment, since a click changes none of it."""
+    st.subheader("Per-digit scores", help=help_text("precision_recall"))
+    st.dataframe(
+        class_table(evaluation), hide_index=True,
+        column_config={
+            "digit": st.column_config.NumberColumn("digit", width="small"),
+            "precision": st.column_config.ProgressColumn(
+                "precision", format="%.3f", min_value=0.0, max_value=1.0, width="small",
+                help="Of the images predicted as this digit, the fraction that really are."),
+            "recall": st.column_config.ProgressColumn(
+                "recall", format="%.3f", min_value=0.0, max_value=1.0, width="small",
+                help="Of the images that really are this digit, the fraction found."),
+            "F1": st.column_config.NumberColumn(
+                "F1", format="%.3f", width="small", help="Harmonic mean of precision and recall."),
+            "support": st.column_config.NumberColumn(
+                "support", width="small", help="How many test images show this digit."),
+        },
+    )
+    with st.expander("Why? Precision, recall and F1"):
+        st.write(help_text("precision_recall"))
 
 
 data = require_data()
@@ -186,6 +189,7 @@ wrong_col.metric("Mistakes", f"{wrong:,} of {len(labels):,}",
                  help="Test images whose most probable digit is not the true one.")
 
 matrix_and_cell(evaluation, labels, data.test_images, run_id)
+per_digit_scores(evaluation)
 
 st.subheader("The most confident mistakes")
 st.write("Wrong answers the model was surest about. Some are the model's fault; some test "

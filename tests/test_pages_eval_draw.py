@@ -71,8 +71,11 @@ def test_evaluate_shows_metrics_matrix_and_table(runs, mnist) -> None:
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Test accuracy"] == f"{record.test_accuracy:.2%}"
     assert float(metrics["Test loss"]) == pytest.approx(record.test_loss, abs=1e-4)
-    assert len(at.get("plotly_chart")) == 1
-    table = at.dataframe[0].value
+    assert not at.get("plotly_chart")  # the confusion matrix is a table: a click redraws no chart
+    matrix, table = (frame.value for frame in at.dataframe)
+    evaluation = load_evaluation(RunStore(), best, mnist)
+    np.testing.assert_array_equal(matrix.to_numpy(), evaluation.confusion)
+    assert matrix.index.tolist() == matrix.columns.tolist() == [str(d) for d in range(10)]
     assert table["digit"].tolist() == list(range(10))
     assert table["support"].sum() == len(mnist.test_labels)
     assert at.query_params["run"] == best  # the address now names the run, for sharing
@@ -96,7 +99,7 @@ def test_evaluate_cell_pickers_show_that_cells_images(runs, mnist) -> None:
     assert not at.exception
     assert f"{count:,} test images of a **{other_true}** were taken for a **{other_predicted}**" in cell_text(at)
     mistakes_shown = widget(at.slider, "How many to show").value
-    assert len(at.image) == min(count, 32) + mistakes_shown
+    assert len(at.image) == min(count, 12) + mistakes_shown  # 3 rows of 4 beside the matrix
     wrong = int((evaluation.predictions != labels).sum())
     assert {m.label: m.value for m in at.metric}["Mistakes"] == f"{wrong:,} of {len(labels):,}"
     first_caption = next(c.value for c in at.caption if c.value.startswith("**true"))

@@ -19,7 +19,7 @@ from mnist_core.evaluate import confusion_counts, evaluate, evaluation_from_prob
 from mnist_core.models import Classifier, build_model
 from mnist_core.predict import (
     cell_examples,
-    cell_from_chart_state,
+    cell_from_table_state,
     class_table,
     confident_mistakes,
     default_run_index,
@@ -216,17 +216,19 @@ def test_confident_mistakes_and_their_captions() -> None:
 @pytest.mark.parametrize(
     ("state", "cell"),
     [
-        ({"selection": {"points": [{"x": 9, "y": 4, "customdata": 12}]}}, (4, 9)),
-        ({"selection": {"points": [{"x": 2.0, "y": 7.0}]}}, (7, 2)),
-        ({"selection": {"points": [{"x": "a", "y": 1}, {"x": 12, "y": 1}, {"x": 0, "y": 0}]}}, (0, 0)),
-        ({"selection": {"points": [{"x": True, "y": 1}, {"x": 1.5, "y": 1}, {"y": 3}]}}, None),
-        ({"selection": {"points": [], "box": [], "lasso": []}}, None),
+        ({"selection": {"rows": [], "columns": [], "cells": [[4, "9"]]}}, (4, 9)),
+        ({"selection": {"cells": [(7.0, "2")]}}, (7, 2)),
+        ({"selection": {"cells": [[1, "a"], [1, "12"], [12, "1"], [0, "0"]]}}, (0, 0)),
+        ({"selection": {"cells": [[True, "1"], [1.5, "1"], [3], "3,4", [2, 3]]}}, None),
+        ({"selection": {"rows": [], "columns": [], "cells": []}}, None),
         ({}, None),
         (None, None),
     ],
 )
-def test_cell_from_chart_state(state: dict | None, cell: tuple[int, int] | None) -> None:
-    assert cell_from_chart_state(state) == cell
+def test_cell_from_table_state(state: dict | None, cell: tuple[int, int] | None) -> None:
+    """Only a whole row number 0-9 and a column named "0"-"9" pick a cell: anything else the
+    browser sends is ignored."""
+    assert cell_from_table_state(state) == cell
 
 
 def test_enlarge_gives_crisp_uint8_blocks() -> None:
