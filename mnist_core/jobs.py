@@ -215,6 +215,25 @@ def current(store: RunStore, run_id: str) -> RunRecord | None:
     return store.get_run(run_id)
 
 
+def first_step_soon(store: RunStore, run_id: str, timeout_s: float = 1.0, claim_s: float = 0.3,
+                    poll_s: float = 0.05) -> dict | None:
+    """The run's first stored step, waited for up to `timeout_s`, so the page that just launched
+    it draws the first points in the same script run instead of at a later poll (on a busy
+    2-core machine a poll can come seconds later). Gives up after `claim_s` if no trainer has
+    taken the run (it waits behind others), and at once if the run has ended."""
+    start = time.monotonic()
+    while True:
+        step = store.last_step(run_id)
+        if step is not None:
+            return step
+        record = store.get_run(run_id)
+        waited = time.monotonic() - start
+        if (record is None or record.status not in ACTIVE or waited > timeout_s
+                or (record.status == "queued" and waited > claim_s)):
+            return None
+        time.sleep(poll_s)
+
+
 @dataclass(frozen=True)
 class Waiting:
     """A queued run's place in the line and when it should start."""

@@ -1,11 +1,13 @@
 """Train: choose every setting, launch a run on the shared queue, and watch it learn live.
 
 The training itself runs in a warm worker process, never in this script: the page only
-submits, polls the run store once a second, and remembers the run in the URL so a reloaded or
-reopened tab finds its run again.
+submits, polls the run store (every 0.5 s while a run is young, then every 2 s), and remembers
+the run in the URL so a reloaded or reopened tab finds its run again.
 """
 
 from __future__ import annotations
+
+import time
 
 import plotly.express as px
 import plotly.graph_objects as go
@@ -27,7 +29,7 @@ from mnist_core.history import (
 )
 from mnist_core import access
 from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes
-from mnist_core.jobs import current, queue_table
+from mnist_core.jobs import current, first_step_soon, queue_table
 from mnist_core.lessons import what_happened
 from mnist_core.models import MODELS
 from mnist_core.runs import ACTIVE, RunRecord
@@ -399,31 +401,33 @@ def finished_runs_figure(revision: tuple) -> go.Figure:
     return figure
 
 
-FIRST_POLL_S = 0.5  # until the run's first step is drawn: "launch -> first point" stays short
+FIRST_POLL_S = 0.5  # while a run is young: its first points and a short run's end show at once
+FAST_WINDOW_S = 5.0  # how long a run counts as young, from the trainer's start
 POLL_S = 2.0  # then: measured, each poll costs the server ~85 ms per watching tab (figures sent)
 
 
-def live_run(run_id: str, waiting_for_steps: bool) -> None:
-    """Re-read the store while the run is active: every FIRST_POLL_S until its first step is
-    drawn, then every POLL_S (often enough to look live, rarely enough that a class of watching
-    tabs leaves the trainer its CPU). When the run ends, or its first step arrives, rerun the
-    whole page, which draws the final view once or polls at the slower pace (one fast poll
-    after the first step is drawn, so those points do not wait for a whole-page rerun)."""
+def young(record: RunRecord, last_step: dict | None) -> bool:
+    """Whether to poll at the fast pace: no step drawn yet, or the run started moments ago (a
+    one-epoch linear run ends within 2 s, which the slow pace would show up to 2 s late)."""
+    return last_step is None or (record.started is not None and time.time() - record.started < FAST_WINDOW_S)
 
-    drawn_key = f"first_step_drawn_{run_id}"
+
+def live_run(run_id: str, fast: bool) -> None:
+    """Re-read the store while the run is active: every FIRST_POLL_S while it is young, then
+    every POLL_S (often enough to look live, rarely enough that a class of watching tabs leaves
+    the trainer its CPU). When the run ends, or stops being young, rerun the whole page, which
+    draws the final view once or polls at the slower pace."""
 
     def poll() -> None:
         record = current(get_store(), run_id)
         if record is None or not record.active:
             st.rerun()
-        if waiting_for_steps and get_store().last_step(run_id) is not None:
-            if st.session_state.get(drawn_key):  # drawn at the last poll: now slow down
-                st.rerun()
-            st.session_state[drawn_key] = True  # draw the first points here, at once
+        if fast and not young(record, get_store().last_step(run_id)):
+            st.rerun()
         show_run(record)
 
-    poll.__qualname__ = f"live_run_{'first' if waiting_for_steps else 'steady'}"  # one fragment per pace
-    st.fragment(poll, run_every=FIRST_POLL_S if waiting_for_steps else POLL_S)()
+    poll.__qualname__ = f"live_run_{'fast' if fast else 'steady'}"  # one fragment per pace
+    st.fragment(poll, run_every=FIRST_POLL_S if fast else POLL_S)()
 
 
 read_only = limits().read_only
@@ -445,6 +449,8 @@ launched = values is not None and launch(values)
 
 with st.container(key=RUN_SECTION):
     run_id = remembered_run()
+    if launched and run_id:
+        first_step_soon(get_store(), run_id)  # then this very rerun draws the first points
     record = current(get_store(), run_id) if run_id else None
     if run_id and record is None:
         st.warning("The run in this link does not exist (it was deleted, or the link is wrong). Launch a new one above.")
@@ -464,7 +470,7 @@ with st.container(key=RUN_SECTION):
         remember(record.id)  # also puts ?run= back into a URL that lost it
         show_notice(record)
         if record.active:
-            live_run(record.id, waiting_for_steps=get_store().last_step(record.id) is None)
+            live_run(record.id, fast=young(record, get_store().last_step(record.id)))
         else:
             show_run(record)
         st.button(

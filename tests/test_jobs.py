@@ -15,7 +15,7 @@ import pytest
 
 from mnist_core.access import Person
 from mnist_core.config import ConfigError, Limits, TrainConfig
-from mnist_core.jobs import HOST, JobQueue, current, execute, recover, run_id_for, submit, waiting_line
+from mnist_core.jobs import HOST, JobQueue, current, execute, first_step_soon, recover, run_id_for, submit, waiting_line
 from mnist_core.predict import load_run_model
 from mnist_core.runs import RunStore
 from tests.conftest import ROOT
@@ -181,6 +181,36 @@ def test_estimated_starts_follow_measured_speed_and_the_work_ahead(store):
     assert [(w.run_id, w.position) for w in line] == [("w1", 1), ("w2", 2), ("w3", 3)]
     assert [round(w.start_in_s) for w in line] == [10, 64, 172]
     assert [round(w.start_in_s) for w in waiting_line(fresh, trainers=2)] == [0, 10, 54]
+
+
+def test_first_step_soon_waits_for_a_claimed_run_but_not_behind_others(store):
+    """The page that launched a run waits briefly for its first step; a run that waits in line,
+    or has ended, or takes longer, does not hold the page."""
+    import threading
+
+    fresh = RunStore(store.root.parent / "first-step")
+    fresh.enqueue("waiting", TrainConfig(model="linear", seed=70).to_dict(), "x")  # no trainer takes it
+    start = time.monotonic()
+    assert first_step_soon(fresh, "waiting", timeout_s=30.0, claim_s=0.1) is None
+    assert time.monotonic() - start < 15.0  # it gave up because the run waits, not at the timeout
+
+    fresh.enqueue("claimed", TrainConfig(model="linear", seed=71).to_dict(), "x")
+    assert fresh.claim("claimed", os.getpid(), HOST)
+    step = {"step": 1, "epoch": 1, "elapsed": 0.01, "total": 100}
+    later = threading.Timer(0.3, fresh.add_steps, args=("claimed", [step]))
+    later.start()
+    found = first_step_soon(fresh, "claimed", timeout_s=30.0)
+    later.join()
+    assert found is not None and found["step"] == 1 and found["total"] == 100
+
+    fresh.enqueue("slow", TrainConfig(model="linear", seed=72).to_dict(), "x")
+    assert fresh.claim("slow", os.getpid(), HOST)
+    assert first_step_soon(fresh, "slow", timeout_s=0.2) is None  # no step yet: the page goes on
+    fresh.transition("slow", "cancelled")
+    start = time.monotonic()
+    assert first_step_soon(fresh, "slow", timeout_s=30.0) is None  # ended: nothing to wait for
+    assert time.monotonic() - start < 15.0
+    assert first_step_soon(fresh, "no-such-run") is None
 
 
 def test_real_linear_run_beats_90_percent_and_is_reused(mnist, tmp_path):
