@@ -6,19 +6,22 @@ Needs the test requirements (playwright) and Debian's chromium. Prints:
 - one Launch of `linear`, 1 epoch, on an idle warm server: click -> queued -> started -> first
   stored step -> first plotted step -> finished;
 - a worker's training throughput (cnn-small) alone and while 8 tabs poll the server, for the
-  thread count, niceness and OpenMP wait policy chosen by default and for the alternatives.
+  thread count, niceness and OpenMP wait policy chosen by default and for the alternatives,
+  with the cores the trainer, the web server and the browser each used while the tabs polled.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from pathlib import Path
 
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.device import cpu_header
 from mnist_core.jobs import run_id_for, submit
 from mnist_core.runs import RunStore
-from mnist_core.serve import Server, bench_ready, chromium, streamlit_server
+from mnist_core.serve import Server, bench_ready, chromium, descendants, streamlit_server
 
 IDLE_JS = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
@@ -97,8 +100,29 @@ def images_per_s(store: RunStore, run_id: str, seconds: float) -> float:
     return (second["step"] - first["step"]) * LONG.batch_size / max(second["elapsed"] - first["elapsed"], 1e-9)
 
 
-def throughput(browser, server: Server) -> tuple[float, float]:
-    """(alone, with TABS tabs watching the run live) images/s of a cnn-small run."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time the processes have used so far (from /proc)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_groups(server: Server) -> dict[str, list[int]]:
+    """The processes sharing the cores while tabs poll: the web server, its training workers,
+    and the browser (this process's other descendants)."""
+    workers = descendants(server.process.pid)
+    others = set(descendants(os.getpid())) - set(workers) - {server.process.pid}
+    return {"trainer": workers, "web server": [server.process.pid], "browser": sorted(others)}
+
+
+def throughput(browser, server: Server) -> tuple[float, float, dict[str, float]]:
+    """(alone, with TABS tabs watching the run live) images/s of a cnn-small run, and the cores
+    each group of processes used while the tabs polled: what decides the ratio."""
     store = RunStore(server.runs_dir)
     run_id = submit(store, LONG, "bench", Limits(max_epochs=100)).run_id  # owned by "bench": the tabs only watch
     while store.get_run(run_id).status == "queued" or store.last_step(run_id) is None:
@@ -111,10 +135,21 @@ def throughput(browser, server: Server) -> tuple[float, float]:
         page.goto(f"{server.url}/train?run={run_id}")
     for page in pages:
         page.wait_for_function(IDLE_JS, timeout=180_000)  # 8 tabs drawing at once on a small machine
+    groups = process_groups(server)
+    before, start = {name: cpu_seconds(pids) for name, pids in groups.items()}, time.perf_counter()
     polled = images_per_s(store, run_id, 10)
+    seconds = time.perf_counter() - start
+    cores = {name: (cpu_seconds(pids) - before[name]) / seconds for name, pids in groups.items()}
     context.close()
     store.request_stop(run_id)
-    return alone, polled
+    return alone, polled, cores
+
+
+def report(label: str, alone: float, polled: float, cores: dict[str, float]) -> None:
+    print(f"  {label:<55} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
+          f"({polled / alone:.2f}x)", flush=True)
+    print("    cores used while polled: " + ", ".join(f"{name} {used:.2f}" for name, used in cores.items()),
+          flush=True)
 
 
 def main() -> int:
@@ -133,8 +168,6 @@ def main() -> int:
             overrides = {"OMP_WAIT_POLICY": policy, "MNIST_TRAIN_THREADS": threads, "MNIST_TRAIN_NICE": nice}
             with streamlit_server(overrides) as server:
                 warm(browser, server)
-                alone, polled = throughput(browser, server)
-            label = f"threads {threads or 'default'}, nice {nice or 'default'}, OMP_WAIT_POLICY={policy}"
-            print(f"  {label:<55} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
-                  f"({polled / alone:.2f}x)", flush=True)
+                report(f"threads {threads or 'default'}, nice {nice or 'default'}, OMP_WAIT_POLICY={policy}",
+                       *throughput(browser, server))
     return 0

@@ -101,8 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mnist_core.data import load_mnist
     from mnist_core.jobs import HOST, current, execute, run_id_for, submit
     from mnist_core.runs import REUSABLE, RunStore
+    from mnist_core.train import import_optimizer_support
 
     phases = Phases(args.profile)
+    optimizer_support = import_optimizer_support()  # meanwhile, the data loads (gzip and MD5 free the GIL)
     config = config_from_args(args)
     store = RunStore(args.runs_dir)
     known = current(store, run_id_for(config))
@@ -131,10 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {event.train_accuracy:.4f}{val} "
                   f"test acc {event.test_accuracy:.4f} ({event.elapsed:.1f} s)")
 
-    if args.profile:
-        import torch._dynamo  # noqa: F401  (what torch.optim imports at its first use: timed apart)
-
-        phases.mark("torch.optim's first use (it imports torch._dynamo)")
+    optimizer_support.join()
+    phases.mark("rest of torch.optim's import of torch._dynamo (begun in the background at start)")
     try:
         status = execute(store, run_id, config, data, on_step=on_step, on_epoch=on_epoch)
     except KeyboardInterrupt:

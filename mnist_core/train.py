@@ -132,6 +132,21 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) else out
 
 
+def import_optimizer_support() -> threading.Thread:
+    """Start importing what torch.optim imports at its first use (torch._dynamo: 1-2 s), in a
+    background thread, so a process that is about to train pays it while it loads data.
+
+    Call it after this module is imported: the thread then imports only torch's own modules,
+    which the caller's thread does not import at the same time.
+    """
+    import importlib
+
+    thread = threading.Thread(target=importlib.import_module, args=("torch._dynamo",),
+                              name="import-torch._dynamo", daemon=True)
+    thread.start()
+    return thread
+
+
 def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer | None:
     """The chosen optimizer; None for 'scratch-sgd', whose update is written out in `scratch_sgd_step`.
 
