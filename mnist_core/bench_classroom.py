@@ -8,6 +8,9 @@ Needs the test requirements (playwright) and Debian's chromium. Prints:
 - a worker's training throughput (cnn-small) alone and while 8 tabs poll the server, for the
   thread count, niceness and OpenMP wait policy chosen by default and for the alternatives,
   with the cores the trainer, the web server and the browser each used while the tabs polled.
+  The tabs poll twice: in Chromium on this machine, and from "elsewhere" (`RemoteTabs`: the
+  same messages, without a browser on the server's cores, as in a class where each student's
+  browser runs on the student's computer).
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_core.config import Limits, TrainConfig
 from mnist_core.device import cpu_header
 from mnist_core.jobs import run_id_for, submit
+from mnist_core.remote_tabs import RemoteTabs
 from mnist_core.runs import RunStore
 from mnist_core.serve import Server, bench_ready, chromium, descendants, streamlit_server
 
@@ -114,15 +119,35 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def process_groups(server: Server) -> dict[str, list[int]]:
     """The processes sharing the cores while tabs poll: the web server, its training workers,
-    and the browser (this process's other descendants)."""
+    the browser (this process's other descendants) and this process (Playwright's client, or
+    the remote tabs)."""
     workers = descendants(server.process.pid)
     others = set(descendants(os.getpid())) - set(workers) - {server.process.pid}
-    return {"trainer": workers, "web server": [server.process.pid], "browser": sorted(others)}
+    return {"trainer": workers, "web server": [server.process.pid], "browser": sorted(others), "bench": [os.getpid()]}
 
 
-def throughput(browser, server: Server) -> tuple[float, float, dict[str, float]]:
-    """(alone, with TABS tabs watching the run live) images/s of a cnn-small run, and the cores
-    each group of processes used while the tabs polled: what decides the ratio."""
+@dataclass
+class Polled:
+    """Training throughput while tabs polled, the cores each group of processes used, and the
+    polls the server answered per second (counted for the remote tabs only)."""
+
+    images_per_s: float
+    cores: dict[str, float]
+    polls_per_s: float | None = None
+
+
+def polled_throughput(store: RunStore, server: Server, run_id: str, seconds: float = 10) -> Polled:
+    groups = process_groups(server)
+    before, start = {name: cpu_seconds(pids) for name, pids in groups.items()}, time.perf_counter()
+    polled = images_per_s(store, run_id, seconds)
+    elapsed = time.perf_counter() - start
+    return Polled(polled, {name: (cpu_seconds(pids) - before[name]) / elapsed for name, pids in groups.items()})
+
+
+def throughput(browser, server: Server) -> tuple[float, dict[str, Polled]]:
+    """Images/s of a cnn-small run alone, then while TABS Chromium tabs on this machine watch
+    it live, then while TABS tabs elsewhere do (their messages sent by `RemoteTabs`: a class's
+    browsers run on the students' computers, not on the server's cores)."""
     store = RunStore(server.runs_dir)
     run_id = submit(store, LONG, "bench", Limits(max_epochs=100)).run_id  # owned by "bench": the tabs only watch
     while store.get_run(run_id).status == "queued" or store.last_step(run_id) is None:
@@ -135,21 +160,25 @@ def throughput(browser, server: Server) -> tuple[float, float, dict[str, float]]
         page.goto(f"{server.url}/train?run={run_id}")
     for page in pages:
         page.wait_for_function(IDLE_JS, timeout=180_000)  # 8 tabs drawing at once on a small machine
-    groups = process_groups(server)
-    before, start = {name: cpu_seconds(pids) for name, pids in groups.items()}, time.perf_counter()
-    polled = images_per_s(store, run_id, 10)
-    seconds = time.perf_counter() - start
-    cores = {name: (cpu_seconds(pids) - before[name]) / seconds for name, pids in groups.items()}
+    polled = {"tabs here": polled_throughput(store, server, run_id)}
     context.close()
+    time.sleep(2)
+    with RemoteTabs(server.url, "train", f"run={run_id}", TABS) as tabs:
+        tabs.wait_polling()
+        answered, start = tabs.counts["polls answered"], time.perf_counter()
+        polled["tabs elsewhere"] = polled_throughput(store, server, run_id)
+        polled["tabs elsewhere"].polls_per_s = (tabs.counts["polls answered"] - answered) / (time.perf_counter() - start)
     store.request_stop(run_id)
-    return alone, polled, cores
+    return alone, polled
 
 
-def report(label: str, alone: float, polled: float, cores: dict[str, float]) -> None:
-    print(f"  {label:<55} alone {alone:7,.0f} images/s, polled {polled:7,.0f} images/s "
-          f"({polled / alone:.2f}x)", flush=True)
-    print("    cores used while polled: " + ", ".join(f"{name} {used:.2f}" for name, used in cores.items()),
-          flush=True)
+def report(label: str, alone: float, polled: dict[str, Polled]) -> None:
+    print(f"  {label}: alone {alone:7,.0f} images/s", flush=True)
+    for name, result in polled.items():
+        pace = f", {result.polls_per_s:.1f} polls answered per s" if result.polls_per_s is not None else ""
+        print(f"    {TABS} {name:<14} {result.images_per_s:7,.0f} images/s ({result.images_per_s / alone:.2f}x); "
+              "cores used: " + ", ".join(f"{group} {used:.2f}" for group, used in result.cores.items()) + pace,
+              flush=True)
 
 
 def main() -> int:
@@ -163,7 +192,8 @@ def main() -> int:
             for seed in (9001, 9002, 9003):
                 stages = launch_latency(browser, server, seed)
                 print("  " + ", ".join(f"{name} {value:.2f}" for name, value in stages.items()))
-        print(f"cnn-small (batch 64) throughput in a worker, alone and while {TABS} tabs poll the Train page:")
+        print(f"cnn-small (batch 64) throughput in a worker, alone and while {TABS} tabs watch it on the Train page, "
+              "in Chromium on this machine or elsewhere (their polls sent without a browser: no drawing here):")
         for threads, policy, nice in (("", "PASSIVE", ""), ("", "PASSIVE", "10"), ("1", "PASSIVE", "")):
             overrides = {"OMP_WAIT_POLICY": policy, "MNIST_TRAIN_THREADS": threads, "MNIST_TRAIN_NICE": nice}
             with streamlit_server(overrides) as server:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import time
 import weakref
 
 import pytest
@@ -182,3 +183,31 @@ def test_the_start_up_heap_is_collected_then_frozen_out_of_the_collectors_sight(
         gc.unfreeze()
     assert any(obj is kept for obj in gc.get_objects())
 
+
+
+def test_a_tab_elsewhere_polls_a_live_run_at_the_pace_the_page_asks(server):
+    """The classroom bench's tabs "elsewhere" (RemoteTabs: a watching tab's own messages, no
+    browser) must make the server do a real tab's work: run the Train page, then answer the live
+    fragment's timed reruns with fresh charts, and follow the page to its slower pace."""
+    from mnist_core.config import Limits
+    from mnist_core.jobs import submit
+    from mnist_core.remote_tabs import RemoteTabs
+
+    store = RunStore(server.runs_dir)
+    config = TrainConfig(model="linear", epochs=50, seed=777)
+    run_id = submit(store, config, "Teacher's demo", Limits(max_epochs=100)).run_id
+    try:
+        with RemoteTabs(server.url, "train", f"run={run_id}", 2) as tabs:
+            tabs.wait_polling(timeout_s=60)
+            answered = tabs.counts["polls answered"]
+            wait = 0.0
+            while tabs.counts["polls answered"] < answered + 4 and wait < 30:
+                time.sleep(0.2)
+                wait += 0.2
+        assert not tabs.errors, tabs.errors
+        assert tabs.counts["page runs"] >= 2, tabs.counts
+        assert tabs.counts["polls answered"] >= answered + 4, tabs.counts
+        # each poll redraws the step charts: more charts came than the two first page runs sent
+        assert tabs.counts["plotly_chart elements"] > 2 * 2, tabs.counts
+    finally:
+        store.request_stop(run_id)
