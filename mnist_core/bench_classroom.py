@@ -44,6 +44,13 @@ POINTS_JS = """() => {
     return trace && trace._length ? Number(trace.x[trace._length - 1]) : 0;
 }"""
 TABS = 8
+# The workers' settings compared: (label, environment of the server and so of its workers).
+SETTINGS = (
+    ("default", {}),
+    ("OpenMP waiting: spin 1000 (GOMP_SPINCOUNT=1000)", {"GOMP_SPINCOUNT": "1000"}),
+    ("workers at nice 10 (MNIST_TRAIN_NICE=10)", {"MNIST_TRAIN_NICE": "10"}),
+    ("1 thread (MNIST_TRAIN_THREADS=1)", {"MNIST_TRAIN_THREADS": "1"}),
+)
 LONG = TrainConfig(model="cnn-small", epochs=20, batch_size=64, seed=4242)  # stopped once measured
 
 
@@ -194,10 +201,8 @@ def main() -> int:
                 print("  " + ", ".join(f"{name} {value:.2f}" for name, value in stages.items()))
         print(f"cnn-small (batch 64) throughput in a worker, alone and while {TABS} tabs watch it on the Train page, "
               "in Chromium on this machine or elsewhere (their polls sent without a browser: no drawing here):")
-        for threads, policy, nice in (("", "PASSIVE", ""), ("", "PASSIVE", "10"), ("1", "PASSIVE", "")):
-            overrides = {"OMP_WAIT_POLICY": policy, "MNIST_TRAIN_THREADS": threads, "MNIST_TRAIN_NICE": nice}
+        for label, overrides in SETTINGS:
             with streamlit_server(overrides) as server:
                 warm(browser, server)
-                report(f"threads {threads or 'default'}, nice {nice or 'default'}, OMP_WAIT_POLICY={policy}",
-                       *throughput(browser, server))
+                report(label, *throughput(browser, server))
     return 0
