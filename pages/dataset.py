@@ -2,13 +2,9 @@
 
 from pages.common import help_text, require_data
 
-import numpy as np
-import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
-from pandas.io.formats.style import Styler
 
+from mnist_core import pictures
 from mnist_core.explore import (
     SPLITS,
     class_count_table,
@@ -22,28 +18,7 @@ from mnist_core.summaries import split_maps, split_stats
 
 PER_PAGE_CHOICES = (24, 48, 96)
 THUMB_SCALE = 3  # 28 px digits shown as 84 px squares
-
-
-def heatmap(values: np.ndarray, title: str, scale: str = "gray", height: int = 360) -> go.Figure:
-    """A 28x28 heatmap with row and column numbers, so any pixel can be located and hovered.
-    Built with graph_objects: plotly.express's imshow took 55 ms per figure, this 8 ms."""
-    fig = go.Figure(go.Heatmap(
-        z=values, colorscale=scale, hovertemplate="row %{y}, column %{x}: %{z:.3g}<extra></extra>",
-        colorbar={"title": {"text": "value"}},
-    ))
-    fig.update_xaxes(title="column", constrain="domain")
-    fig.update_yaxes(title="row", autorange="reversed", scaleanchor="x", constrain="domain")
-    fig.update_layout(title=title, height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    return fig
-
-
-def pixel_table(image: np.ndarray) -> Styler:
-    """The 784 values as a 28x28 table, each cell shaded with its own grey. A table, not a
-    Plotly heatmap with 784 labels: that one took about a second to draw in the browser."""
-    frame = pd.DataFrame(image, columns=[str(c) for c in range(image.shape[1])])
-    return frame.style.map(
-        lambda v: f"background-color: rgb({v}, {v}, {v}); color: {'black' if v > 127 else 'white'}"
-    )
+SPLIT_COLOURS = {"train": "#3b5bdb", "test": "#f08c00"}
 
 
 data = require_data()
@@ -109,13 +84,15 @@ else:
 
 st.subheader("How many of each digit?")
 counts = class_count_table(data.train_labels, data.test_labels)
-fig = px.bar(
-    counts, x="digit", y="count", color="split", barmode="group", text="count",
-    hover_data={"share": ":.1%"}, labels={"digit": "digit", "count": "images"},
+st.image(
+    pictures.grouped_bars(
+        [str(d) for d in range(10)],
+        [(f"{split} ({int(rows['count'].sum()):,} images)", list(rows["share"]), SPLIT_COLOURS[split])
+         for split, rows in counts.groupby("split", sort=False)],
+        label=lambda share: f"{share:.1%}", axis="share of its split", axis_label=lambda v: f"{v:.0%}",
+    ),
+    caption="Each bar: the share of a split's images that show this digit.",
 )
-fig.update_xaxes(type="category")
-fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 30, "b": 10})
-st.plotly_chart(fig, width="stretch")
 st.caption(
     "The ten digits are close to balanced (about a tenth each), so accuracy is a fair summary: "
     "a model cannot score well by always guessing the most common digit."
@@ -145,10 +122,8 @@ st.write(
     "no information."
 )
 left, right = st.columns(2)
-left.plotly_chart(heatmap(mean_map, "Mean of each pixel"), width="stretch")
-right.plotly_chart(
-    heatmap(std_map, "Standard deviation of each pixel", scale="viridis"), width="stretch"
-)
+left.image(pictures.heatmap(mean_map, "Mean of each pixel", "gray", 0.0, None, "mean"))
+right.image(pictures.heatmap(std_map, "Standard deviation of each pixel", "viridis", 0.0, None, "std"))
 
 st.subheader("One image, up close")
 index = st.number_input(
@@ -161,7 +136,4 @@ st.write(
     f"Image #{index} is labelled **{int(labels[int(index)])}**. This is all the network sees: "
     "784 numbers from 0 (black) to 255 (white)."
 )
-st.dataframe(
-    pixel_table(image), height=28 * 35 + 40, width="content",
-    column_config={str(c): st.column_config.NumberColumn(str(c), width=31) for c in range(28)},
-)
+st.image(pictures.pixel_values(image), caption=f"The 784 values of image #{index}, row by row.")

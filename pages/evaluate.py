@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 from pandas.io.formats.style import Styler
 
+from mnist_core import pictures
 from mnist_core.evaluate import Evaluation
 from mnist_core.glossary import notes
 from mnist_core.predict import (
@@ -39,22 +40,17 @@ def cached_evaluation(run_id: str, finished: float | None) -> Evaluation:
     return load_evaluation(get_store(), run_id, data)
 
 
-def blue(share: float) -> str:
-    """A colour from white-blue (0) to dark blue (1), like Plotly's "Blues" scale."""
-    light, dark = (247, 251, 255), (8, 48, 107)
-    return "rgb({}, {}, {})".format(*(round(a + (b - a) * share) for a, b in zip(light, dark)))
-
-
 def confusion_table(confusion: np.ndarray, cell: tuple[int, int]) -> Styler:
     """The confusion matrix as a table of counts (rows: true digit, columns: predicted digit),
     shaded on a log scale so that mistakes (tens) show next to the diagonal (about a thousand);
     the chosen cell is orange. A table, not a Plotly heatmap: a click on a cell redraws a
     canvas instead of an SVG chart, which took 0.3-0.4 s per click in the browser here."""
     frame = pd.DataFrame(confusion, index=[str(d) for d in DIGITS], columns=[str(d) for d in DIGITS])
-    scale = np.log1p(confusion) / max(float(np.log1p(confusion).max()), 1e-9)
+    colours = pictures.paint(pictures.log_shares(confusion), "blues", 0, 1)  # as on Mean images
     styles = np.empty(confusion.shape, dtype=object)
-    for (true, predicted), share in np.ndenumerate(scale):
-        styles[true, predicted] = f"background-color: {blue(share)}; color: {'white' if share > 0.55 else '#1f2430'}"
+    for true, predicted in np.ndindex(confusion.shape):
+        rgb = colours[true, predicted]
+        styles[true, predicted] = f"background-color: {pictures.hex_colour(rgb)}; color: {pictures.ink_for(rgb)}"
     styles[cell] = "background-color: #e8590c; color: white; font-weight: bold"
     return frame.style.apply(lambda _: styles, axis=None)
 

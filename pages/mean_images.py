@@ -3,15 +3,16 @@
 from pages.common import help_text, require_data
 
 import numpy as np
-import plotly.express as px
 import streamlit as st
 import torch
 
+from mnist_core import pictures
 from mnist_core.baselines import difference_image
-from mnist_core.explore import top_confusions
+from mnist_core.explore import top_confusions, upscale
 from mnist_core.summaries import baseline, digit_means, pair_accuracy
 
 DIGITS = list(range(10))
+MEAN_SCALE = 3  # 28 px averages shown as 84 px squares, ten in a row
 METRIC_NAMES = {"l2": "L2 (Euclidean)", "l1": "L1 (sum of absolute differences)"}
 
 
@@ -28,14 +29,10 @@ with st.expander("Why start with a baseline?", expanded=True):
 
 st.subheader("The average of every digit")
 means = digit_means(data)
-fig = px.imshow(
-    means, facet_col=0, facet_col_wrap=5, facet_row_spacing=0.08, facet_col_spacing=0.02,
-    color_continuous_scale="gray", zmin=0, zmax=1, labels={"color": "mean ink"},
+st.image(
+    [upscale(np.rint(image * 255), MEAN_SCALE) for image in means],
+    caption=[f"digit {digit}" for digit in DIGITS],
 )
-fig.for_each_annotation(lambda a: a.update(text="digit " + a.text.split("=")[-1]))
-fig.update_xaxes(visible=False).update_yaxes(visible=False)
-fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10})
-st.plotly_chart(fig, width="stretch")
 st.caption(help_text("mean_image"))
 
 st.subheader("Where two digits differ")
@@ -53,14 +50,8 @@ if a == b:
 else:
     diff = difference_image(torch.from_numpy(means), a, b).numpy()
     limit = float(np.abs(diff).max()) or 1.0
-    fig = px.imshow(
-        diff, color_continuous_scale="RdBu_r", zmin=-limit, zmax=limit,
-        title=f"mean {a} − mean {b}", labels={"color": "difference"},
-    )
-    fig.update_xaxes(visible=False).update_yaxes(visible=False)
-    fig.update_layout(height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     chart, text = st.columns([3, 2])
-    chart.plotly_chart(fig, width="stretch")
+    chart.image(pictures.heatmap(diff, f"mean {a} − mean {b}", "blue_red", -limit, limit, "difference"))
     with text:
         st.write(
             f"White pixels look the same in both averages, so they cannot tell {a} from {b}. "
@@ -101,14 +92,11 @@ shown = st.segmented_control(
     help=help_text("confusion_matrix"), key="baseline_metric",
 ) or best
 confusion = scores[shown][1]
-labels = [str(d) for d in DIGITS]
-fig = px.imshow(
-    confusion, x=labels, y=labels, text_auto=True, color_continuous_scale="Blues",
-    labels={"x": "predicted digit", "y": "true digit", "color": "test images"},
+st.image(
+    pictures.confusion_matrix(confusion),
+    caption="Rows: the true digit; columns: the digit the nearest mean gave. Colours use a logarithmic "
+    "scale, so that a cell with 5 mistakes is visible next to a diagonal cell with 1,000 correct answers.",
 )
-fig.update_xaxes(side="top", type="category").update_yaxes(type="category")
-fig.update_layout(height=520, margin={"l": 10, "r": 10, "t": 40, "b": 10})
-st.plotly_chart(fig, width="stretch")
 mixups = top_confusions(confusion, 3)
 if mixups:
     st.caption(

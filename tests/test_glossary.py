@@ -15,8 +15,10 @@ mnist_core.glossary, never from this file.
 """
 
 from collections.abc import Iterator
+import base64
 import json
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 import pytest
@@ -104,6 +106,15 @@ def chart_text(spec: str) -> list[str]:
     return [t for t in texts if t]
 
 
+def picture_text(url: str) -> list[str]:
+    """What a server-drawn SVG chart writes on screen (its titles, axes and legend)."""
+    prefix = "data:image/svg+xml;base64,"
+    if not url.startswith(prefix):
+        return []
+    root = ET.fromstring(base64.b64decode(url[len(prefix):]))
+    return [t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text]
+
+
 def shown_value(widget) -> list[str]:
     """The option text a widget displays: the chosen one of a select box, every one of a radio."""
     proto = widget.proto
@@ -141,6 +152,7 @@ def read(node, screen: Screen) -> None:
     if kind == "Image":
         for image in proto.imgs:
             screen.add(image.caption)
+            screen.add(" ".join(picture_text(image.url)))
     spec = getattr(proto, "spec", "")
     if isinstance(spec, str) and spec.startswith("{"):
         for text in chart_text(spec):

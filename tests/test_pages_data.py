@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -37,6 +38,28 @@ def thumbnails(at: AppTest) -> list[tuple[int, int]]:
     """(label, index) of every image in the browsing grid, from captions like "3 · #1234"."""
     grid = at.image[0].captions
     return [(int(label), int(index)) for label, index in (c.split(" · #") for c in grid)]
+
+
+def svgs(at: AppTest) -> list[str]:
+    """Every SVG picture the page shows (st.image sends them as base64 data URLs)."""
+    prefix = "data:image/svg+xml;base64,"
+    return [base64.b64decode(url[len(prefix):]).decode() for image in at.image
+            for url in image.value if url.startswith(prefix)]
+
+
+def picture(at: AppTest, caption: str) -> str:
+    """The SVG of the picture whose caption starts with `caption`."""
+    for image in at.image:
+        for url, text in zip(image.value, image.captions):
+            if text.startswith(caption):
+                assert url.startswith("data:image/svg+xml;base64,"), url[:40]
+                return base64.b64decode(url.split(",", 1)[1]).decode()
+    raise AssertionError(f"no picture captioned {caption!r}")
+
+
+def numbers_in(svg: str) -> list[int]:
+    """The whole numbers written in an SVG's text elements, in document order."""
+    return [int(t.replace(",", "")) for t in re.findall(r">([\d,]+)</text>", svg)]
 
 
 def page_input(at: AppTest):
@@ -100,9 +123,19 @@ def test_dataset_close_up_names_the_chosen_image(mnist) -> None:
     assert any(
         f"Image #7 is labelled **{int(mnist.train_labels[7])}**" in m.value for m in at.markdown
     )
-    close_up = at.dataframe[-1].value  # the 784 values, as a 28 x 28 table
-    assert close_up.shape == (28, 28)
-    assert (close_up.to_numpy() == mnist.train_images[7].numpy()).all()
+    close_up = picture(at, "The 784 values of image #7")  # the values, as a shaded 28 x 28 grid
+    assert numbers_in(close_up)[-784:] == mnist.train_images[7].flatten().tolist()
+
+
+def test_dataset_pictures_show_the_class_shares_and_pixel_maps(mnist) -> None:
+    at = open_page("pages/dataset.py")
+    bars = picture(at, "Each bar: the share of a split's images")
+    for labels in (mnist.train_labels, mnist.test_labels):
+        for digit in range(10):
+            assert f">{float((labels == digit).float().mean()):.1%}<" in bars
+    assert "train (60,000 images)" in bars and "test (10,000 images)" in bars
+    maps = [svg for svg in svgs(at) if "Mean of each pixel" in svg or "Standard deviation of each pixel" in svg]
+    assert len(maps) == 2 and all(svg.count("<rect") >= 784 for svg in maps)
 
 
 def test_mean_images_page_shows_the_baseline_accuracy(mnist) -> None:
@@ -121,8 +154,16 @@ def test_mean_images_page_shows_the_baseline_accuracy(mnist) -> None:
     assert not at.exception
     assert "two different digits" in at.warning[0].value
 
+    matrix = picture(at, "Rows: the true digit")  # 10 x 10 counts after the row and column numbers
+    assert sum(numbers_in(matrix)[-100:]) == len(mnist.test_labels)
+    means = next(image for image in at.image if image.captions[:1] == ["digit 0"])
+    assert means.captions == [f"digit {d}" for d in range(10)]
+
     at.segmented_control(key="baseline_metric").set_value("l1").run()
     assert not at.exception
+    l1 = numbers_in(picture(at, "Rows: the true digit"))[-100:]
+    correct = sum(l1[d * 11] for d in range(10))  # the diagonal of the row-major 10 x 10
+    assert correct / len(mnist.test_labels) == pytest.approx(percent(metric(at, "L1 (sum of absolute differences) accuracy")), abs=1e-4)
 
 
 def test_pages_without_data_show_the_fix(monkeypatch, tmp_path) -> None:
