@@ -187,26 +187,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from mnist_core.access import Person
     from mnist_core.cluster import start_pool
-    from mnist_core.data import load_mnist
-    from mnist_core.jobs import execute
     from mnist_core.runs import ACTIVE, RunStore
-    from mnist_core.sweeps import SWEEPABLE, SweepPlan, launch, member_names, parse_values, state
+    from mnist_core.sweeps import launch
 
-    axes, base = {}, {}
-    for name in [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]:
-        value = getattr(args, name)
-        if name in SWEEPABLE:
-            values = parse_values(name, value)
-            if len(values) > 1:
-                axes[name] = values
-            else:
-                base[name] = values[0]
-        else:
-            base[name] = value
-    plan = SweepPlan(TrainConfig(**base), axes, mode="random" if args.random else "grid", samples=args.random or 0)
     store = RunStore(args.runs_dir)
     limits = Limits.from_env()
-    launched = launch(store, plan, Person(f"{getpass.getuser()} (command line)"), limits, args.name, args.early_stop)
+    launched = launch(store, sweep_plan(args), Person(f"{getpass.getuser()} (command line)"), limits, args.name,
+                      args.early_stop)
     sweep = store.get_sweep(launched.sweep_id)
     print(f"sweep {sweep.id} \"{sweep.name}\": {len(store.sweep_members(sweep.id))} members, "
           f"{launched.queued} to train, {len(launched.outcomes) - launched.queued} reused or already training")
@@ -215,31 +202,65 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if problem:
         print(f"note: {problem}", file=sys.stderr)
     try:
-        if pool is None:  # train the members here, one after another
-            data = load_mnist(progress=download_progress) if launched.queued else None
-            for member in store.sweep_members(sweep.id):
-                record = store.get_run(member.run_id)
-                if record is not None and record.status == "queued":
-                    status = execute(store, member.run_id, TrainConfig.from_dict(record.config), data)
-                    done = store.get_run(member.run_id)
-                    acc = f"{done.test_accuracy:.4f}" if done.test_accuracy is not None else "-"
-                    print(f"  {member.run_id}: {status}, test accuracy {acc} ({done.duration_s or 0:.1f} s)")
+        if pool is None and launched.queued:
+            train_members_here(store, sweep.id)
         while any(store.get_run(m.run_id).status in ACTIVE for m in store.sweep_members(sweep.id)):
             time.sleep(0.5)  # members trained by workers: the cluster's or a dashboard's
     finally:
         if pool is not None:
             pool.shutdown()
-    now = state(store, sweep.id)
+    return print_sweep(store, sweep.id, time.perf_counter() - start)
+
+
+def sweep_plan(args: argparse.Namespace):
+    """The sweep the arguments ask for: a setting given several comma-separated values is an axis."""
+    from mnist_core.sweeps import SWEEPABLE, SweepPlan, parse_values
+
+    axes, base = {}, {}
+    for name in [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]:
+        value = getattr(args, name)
+        values = parse_values(name, value) if name in SWEEPABLE else [value]
+        if len(values) > 1:
+            axes[name] = values
+        else:
+            base[name] = values[0]
+    return SweepPlan(TrainConfig(**base), axes, mode="random" if args.random else "grid", samples=args.random or 0)
+
+
+def train_members_here(store, sweep_id: str) -> None:
+    """Without a cluster, this process trains the sweep's queued members one after another."""
+    from mnist_core.data import load_mnist
+    from mnist_core.jobs import execute
+
+    data = load_mnist(progress=download_progress)
+    for member in store.sweep_members(sweep_id):
+        record = store.get_run(member.run_id)
+        if record is not None and record.status == "queued":
+            status = execute(store, member.run_id, TrainConfig.from_dict(record.config), data)
+            done = store.get_run(member.run_id)
+            print(f"  {member.run_id}: {status}, test accuracy {accuracy_text(done.test_accuracy)} "
+                  f"({done.duration_s or 0:.1f} s)")
+
+
+def print_sweep(store, sweep_id: str, seconds: float) -> int:
+    """Every member's accuracy and status, then the best; exit code 0 when all finished."""
+    from mnist_core.sweeps import member_names, state
+
+    now = state(store, sweep_id)
     names = member_names(now)
-    print(f"{now.finished} of {now.total} finished in {time.perf_counter() - start:.1f} s")
+    print(f"{now.finished} of {now.total} finished in {seconds:.1f} s")
     for member in now.members:
         record = now.runs.get(member.run_id)
-        acc = f"{record.test_accuracy:.4f}" if record and record.test_accuracy is not None else "-"
-        print(f"  {acc:>8}  {now.status(member):<13} {names[member.run_id]}  ({member.run_id})")
+        accuracy = accuracy_text(record.test_accuracy if record else None)
+        print(f"  {accuracy:>8}  {now.status(member):<13} {names[member.run_id]}  ({member.run_id})")
     best = now.best()
     if best:
         print(f"best: {names[best.run_id]} ({now.runs[best.run_id].test_accuracy:.4f})")
     return 0 if now.finished == now.total else 1
+
+
+def accuracy_text(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
 
 
 def cluster_named() -> bool:
@@ -249,9 +270,8 @@ def cluster_named() -> bool:
 
 
 def print_run(record) -> None:
-    acc = f"{record.test_accuracy:.4f}" if record.test_accuracy is not None else "-"
     print(f"status: {record.status}. {record.message}")
-    print(f"test accuracy: {acc}, device: {record.device or '-'}, time: {record.duration_s or 0:.1f} s")
+    print(f"test accuracy: {accuracy_text(record.test_accuracy)}, device: {record.device or '-'}, time: {record.duration_s or 0:.1f} s")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -266,8 +286,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     print(f"{'run id':<26} {'status':<11} {'epochs':>6} {'test acc':>8} {'time s':>7}  device")
     for r in records:
-        acc = f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-"
-        print(f"{r.id:<26} {r.status:<11} {r.epochs_done:>6} {acc:>8} {r.duration_s or 0:>7.1f}  {r.device}")
+        print(f"{r.id:<26} {r.status:<11} {r.epochs_done:>6} {accuracy_text(r.test_accuracy):>8} {r.duration_s or 0:>7.1f}  {r.device}")
     return 0
 
 

@@ -75,6 +75,11 @@ def cells(colours: np.ndarray, left: float, top: float, width: float, height: fl
     return ['<g shape-rendering="crispEdges">', *rects, "</g>"]
 
 
+def edge_numbers(count: int) -> list[int]:
+    """Which rows (or columns) of a map get their number written: every 7th and the last."""
+    return sorted({*range(0, count, 7), count - 1})
+
+
 def heatmap(values: np.ndarray, title: str, scale: str = "gray", low: float | None = None,
             high: float | None = None, legend: str = "value", cell: int = 10) -> str:
     """A map of a 2-D array (a 28x28 image's worth of numbers), row and column numbers on its
@@ -87,13 +92,10 @@ def heatmap(values: np.ndarray, title: str, scale: str = "gray", low: float | No
     width, height = left + columns * cell + bar_gap + bar + 48, top + rows * cell + 34
     body = [f'<text x="{left}" y="18" font-size="14" font-weight="600">{escape(title)}</text>']
     body += cells(paint(values, scale, low, high), left, top, cell, cell)
-    ticks = range(0, max(rows, columns), 7)
-    for r in [*ticks, rows - 1] if rows > 1 else [0]:
-        if r < rows:
-            body.append(f'<text x="{left - 4}" y="{top + (r + 0.5) * cell + 4:g}" text-anchor="end" font-size="10">{r}</text>')
-    for c in [*ticks, columns - 1] if columns > 1 else [0]:
-        if c < columns:
-            body.append(f'<text x="{left + (c + 0.5) * cell:g}" y="{top + rows * cell + 13}" text-anchor="middle" font-size="10">{c}</text>')
+    for r in edge_numbers(rows):
+        body.append(f'<text x="{left - 4}" y="{top + (r + 0.5) * cell + 4:g}" text-anchor="end" font-size="10">{r}</text>')
+    for c in edge_numbers(columns):
+        body.append(f'<text x="{left + (c + 0.5) * cell:g}" y="{top + rows * cell + 13}" text-anchor="middle" font-size="10">{c}</text>')
     body.append(f'<text x="{left + columns * cell / 2:g}" y="{top + rows * cell + 28}" text-anchor="middle" font-size="11">column</text>')
     body.append(f'<text x="10" y="{top + rows * cell / 2:g}" text-anchor="middle" font-size="11" '
                 f'transform="rotate(-90 10 {top + rows * cell / 2:g})">row</text>')
