@@ -19,12 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.cpu_speed import for_cpu_training
+from mnist_core.cpu_speed import for_cpu_training, keep_freed_memory
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
 from mnist_core.models import Classifier, build_model, is_convolutional
 
-EVAL_BATCH = 2000
+# Evaluation batch: small enough that a CNN's largest activation (500 x 16 x 28 x 28 floats,
+# 25 MB) stays under the allocator's mmap threshold (cpu_speed.keep_freed_memory), so it
+# reuses freed memory instead of page-faulting in 100 MB per batch: evaluating cnn-small on
+# the test set took 0.64-0.79 s in batches of 2,000 and 0.28-0.33 s in batches of 500.
+EVAL_BATCH = 500
 # Chance-level cross-entropy is ln 10 = 2.3. A batch loss above this means the weights have
 # blown up (the true digit got a probability below e^-1000); no sane run gets there.
 DIVERGED_LOSS = 1e3
@@ -253,6 +257,7 @@ def start_session(config: TrainConfig, data: Mnist) -> Session:
     channels_last = device.type == "cpu" and is_convolutional(model)
     if device.type == "cpu":
         for_cpu_training(model)
+        keep_freed_memory()
     model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     splits = Splits(data, config.val_split, config.seed, device, channels_last)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from mnist_core.config import RECIPES, TrainConfig
-from mnist_core.cpu_speed import for_cpu_training, pool_before_relu
+from mnist_core.cpu_speed import for_cpu_training, keep_freed_memory, pool_before_relu
 from mnist_core.models import MODELS, build_model
 from mnist_core.train import make_optimizer, train
 from tests.synthetic import synthetic_mnist
@@ -57,3 +58,29 @@ def test_adam_adamw_and_sgd_use_their_fused_kernels_on_the_cpu(optimizer):
 def test_the_first_recipe_is_the_sprint_and_every_recipe_keeps_a_validation_split():
     assert next(iter(RECIPES)) == "cnn-sprint"
     assert all(recipe.config.val_split > 0 and recipe.purpose for recipe in RECIPES.values())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_training_steps_reuse_freed_memory_instead_of_page_faulting():
+    """Without keep_freed_memory, each cnn-small step at batch 64 page-faulted 1,300-2,400 times
+    (its activations given back to the kernel and mapped afresh): a third of the step's time."""
+    import resource
+
+    assert keep_freed_memory()
+    torch.manual_seed(0)
+    model = for_cpu_training(build_model("cnn-small")).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,))
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            optimizer.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+
+    steps(5)  # the first steps grow the heap to the step's working set
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    steps(20)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults / 20 < 100, f"{faults / 20:.0f} page faults per step"
