@@ -14,10 +14,14 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_core.config import RANGES, ConfigError, Limits, TrainConfig
 from mnist_core.data import DataError
 from mnist_core.runs import RunStoreError
+
+if TYPE_CHECKING:  # imported when a sweep runs, not at every command's start
+    from mnist_core.sweeps import SweepPlan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +216,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return print_sweep(store, sweep.id, time.perf_counter() - start)
 
 
-def sweep_plan(args: argparse.Namespace):
+def sweep_plan(args: argparse.Namespace) -> SweepPlan:
     """The sweep the arguments ask for: a setting given several comma-separated values is an axis."""
     from mnist_core.sweeps import SWEEPABLE, SweepPlan, parse_values
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mnist_core import pictures
 from mnist_core.data import Mnist, class_counts
 
 SPLITS = ("train", "test")
@@ -134,6 +135,19 @@ def class_count_table(train_labels: torch.Tensor, test_labels: torch.Tensor) -> 
                 }
             )
     return pd.DataFrame(rows, columns=["split", "digit", "count", "share"])
+
+
+SPLIT_COLOURS = {"train": "#3b5bdb", "test": "#f08c00"}
+
+
+def class_share_chart(train_labels: torch.Tensor, test_labels: torch.Tensor) -> str:
+    """Each digit's share of each split as grouped bars (SVG): shares, not counts, so the
+    60,000 training and 10,000 test images compare on one axis."""
+    counts = class_count_table(train_labels, test_labels)
+    series = [(f"{split} ({int(rows['count'].sum()):,} images)", list(rows["share"]), SPLIT_COLOURS[split])
+              for split, rows in counts.groupby("split", sort=False)]
+    return pictures.grouped_bars([str(d) for d in range(10)], series, label=lambda share: f"{share:.1%}",
+                                 axis="share of its split", axis_label=lambda v: f"{v:.0%}")
 
 
 @dataclass(frozen=True)

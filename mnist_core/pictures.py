@@ -159,10 +159,9 @@ def grouped_bars(categories: Sequence[str], series: Sequence[tuple[str, Sequence
 
 
 def number_grid(texts: np.ndarray, colours: np.ndarray, row_title: str = "", column_title: str = "",
-                cell_width: int = 26, cell_height: int = 20, font_size: int = 10,
-                highlight: tuple[int, int] | None = None) -> str:
+                cell_width: int = 26, cell_height: int = 20, font_size: int = 10) -> str:
     """A table of numbers (`texts`, 2-D) on shaded cells (`colours`, RGB per cell), row and
-    column numbers on the left and top, optional axis titles, one cell optionally outlined."""
+    column numbers on the left and top, optional axis titles."""
     rows, columns = texts.shape
     left = 26 + (16 if row_title else 0)
     top = 18 + (16 if column_title else 0)
@@ -181,10 +180,6 @@ def number_grid(texts: np.ndarray, colours: np.ndarray, row_title: str = "", col
     for (r, c), text in np.ndenumerate(texts):
         body.append(f'<text x="{left + (c + 0.5) * cell_width:g}" y="{top + (r + 0.5) * cell_height + font_size * 0.35:g}" '
                     f'text-anchor="middle" font-size="{font_size}" fill="{ink_for(colours[r, c])}">{escape(str(text))}</text>')
-    if highlight is not None:
-        r, c = highlight
-        body.append(f'<rect x="{left + c * cell_width:g}" y="{top + r * cell_height:g}" width="{cell_width}" '
-                    f'height="{cell_height}" fill="none" stroke="#e8590c" stroke-width="3"/>')
     return svg(width, height, body)
 
 

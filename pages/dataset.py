@@ -7,7 +7,7 @@ import streamlit as st
 from mnist_core import pictures
 from mnist_core.explore import (
     SPLITS,
-    class_count_table,
+    class_share_chart,
     page_count,
     page_of,
     select_indices,
@@ -18,7 +18,6 @@ from mnist_core.summaries import split_maps, split_stats
 
 PER_PAGE_CHOICES = (24, 48, 96)
 THUMB_SCALE = 3  # 28 px digits shown as 84 px squares
-SPLIT_COLOURS = {"train": "#3b5bdb", "test": "#f08c00"}
 
 
 data = require_data()
@@ -83,14 +82,8 @@ else:
     st.info(f"The {split} split has no images of the chosen digits.")
 
 st.subheader("How many of each digit?")
-counts = class_count_table(data.train_labels, data.test_labels)
 st.image(
-    pictures.grouped_bars(
-        [str(d) for d in range(10)],
-        [(f"{split} ({int(rows['count'].sum()):,} images)", list(rows["share"]), SPLIT_COLOURS[split])
-         for split, rows in counts.groupby("split", sort=False)],
-        label=lambda share: f"{share:.1%}", axis="share of its split", axis_label=lambda v: f"{v:.0%}",
-    ),
+    class_share_chart(data.train_labels, data.test_labels),
     caption="Each bar: the share of a split's images that show this digit.",
 )
 st.caption(
@@ -122,8 +115,8 @@ st.write(
     "no information."
 )
 left, right = st.columns(2)
-left.image(pictures.heatmap(mean_map, "Mean of each pixel", "gray", 0.0, None, "mean"))
-right.image(pictures.heatmap(std_map, "Standard deviation of each pixel", "viridis", 0.0, None, "std"))
+left.image(pictures.heatmap(mean_map, "Mean of each pixel", "gray", low=0.0, legend="mean"))
+right.image(pictures.heatmap(std_map, "Standard deviation of each pixel", "viridis", low=0.0, legend="std"))
 
 st.subheader("One image, up close")
 index = st.number_input(

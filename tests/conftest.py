@@ -14,6 +14,14 @@ os.environ.setdefault("MNIST_CACHE_DIR", tempfile.mkdtemp(prefix="mnist-test-cac
 os.environ["MNIST_NO_DOWNLOAD"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
+SVG_URL = "data:image/svg+xml;base64,"
+
+
+def svg_from_url(url: str) -> str | None:
+    """The SVG document behind an st.image URL (Streamlit sends SVG as a base64 data URL)."""
+    import base64
+
+    return base64.b64decode(url[len(SVG_URL):]).decode() if url.startswith(SVG_URL) else None
 
 
 @pytest.fixture(scope="session")

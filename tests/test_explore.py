@@ -11,6 +11,7 @@ import torch
 from mnist_core.data import Mnist
 from mnist_core.explore import (
     class_count_table,
+    class_share_chart,
     page_count,
     page_of,
     pixel_mean_std_maps,
@@ -161,6 +162,13 @@ def test_class_count_table_counts_every_digit_of_both_splits() -> None:
     assert train["share"].sum() == pytest.approx(1.0)
     assert train.loc["0", "share"] == pytest.approx(0.5)
     assert test.loc["5", "count"] == 1 and test["count"].sum() == 1
+
+
+def test_class_share_chart_draws_each_split_share_with_its_label() -> None:
+    svg = class_share_chart(torch.tensor([0, 0, 1, 9]), torch.tensor([5]))
+    assert "train (4 images)" in svg and "test (1 images)" in svg
+    assert ">50.0%<" in svg and ">25.0%<" in svg and ">100.0%<" in svg  # digit 0, digits 1 and 9, test 5
+    assert svg.count('fill="#3b5bdb"') == 11 and svg.count('fill="#f08c00"') == 11  # 10 bars + legend each
 
 
 def test_split_arrays_and_summary() -> None:

@@ -15,7 +15,6 @@ mnist_core.glossary, never from this file.
 """
 
 from collections.abc import Iterator
-import base64
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -30,7 +29,7 @@ from mnist_core.glossary import ENTRIES, GLOSSARY, explain, notes, terms_in
 from mnist_core.jobs import run_id_for
 from mnist_core.naming import run_name
 from mnist_core.runs import RunStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, svg_from_url
 from tests.synthetic import train_here
 
 SEED = 1207  # a seed no other test uses, so these runs are this file's own
@@ -108,11 +107,10 @@ def chart_text(spec: str) -> list[str]:
 
 def picture_text(url: str) -> list[str]:
     """What a server-drawn SVG chart writes on screen (its titles, axes and legend)."""
-    prefix = "data:image/svg+xml;base64,"
-    if not url.startswith(prefix):
+    svg = svg_from_url(url)
+    if svg is None:
         return []
-    root = ET.fromstring(base64.b64decode(url[len(prefix):]))
-    return [t.text for t in root.iter("{http://www.w3.org/2000/svg}text") if t.text]
+    return [t.text for t in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}text") if t.text]
 
 
 def shown_value(widget) -> list[str]:

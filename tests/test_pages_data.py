@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+
+from tests.conftest import svg_from_url
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 TIMEOUT = 120
@@ -41,10 +42,8 @@ def thumbnails(at: AppTest) -> list[tuple[int, int]]:
 
 
 def svgs(at: AppTest) -> list[str]:
-    """Every SVG picture the page shows (st.image sends them as base64 data URLs)."""
-    prefix = "data:image/svg+xml;base64,"
-    return [base64.b64decode(url[len(prefix):]).decode() for image in at.image
-            for url in image.value if url.startswith(prefix)]
+    """Every SVG picture the page shows."""
+    return [svg for image in at.image for svg in map(svg_from_url, image.value) if svg]
 
 
 def picture(at: AppTest, caption: str) -> str:
@@ -52,8 +51,9 @@ def picture(at: AppTest, caption: str) -> str:
     for image in at.image:
         for url, text in zip(image.value, image.captions):
             if text.startswith(caption):
-                assert url.startswith("data:image/svg+xml;base64,"), url[:40]
-                return base64.b64decode(url.split(",", 1)[1]).decode()
+                svg = svg_from_url(url)
+                assert svg, url[:40]
+                return svg
     raise AssertionError(f"no picture captioned {caption!r}")
 
 
