@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.cpu_speed import for_cpu_training, keep_freed_memory
+from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
 from mnist_core.models import Classifier, build_model, is_convolutional
@@ -227,6 +227,7 @@ class Session:
     generator: torch.Generator
     use_amp: bool
     steps_per_epoch: int
+    parts: BatchParts | None = None  # the batch's slices, one per core (cpu_speed.BatchParts)
     start: float = field(default_factory=time.perf_counter)
     step: int = 0
     images_seen: int = 0
@@ -268,6 +269,7 @@ def start_session(config: TrainConfig, data: Mnist) -> Session:
         scheduler=make_scheduler(config, optimizer, steps_per_epoch),
         generator=torch.Generator().manual_seed(config.seed),
         use_amp=use_bf16(config.precision, device, is_convolutional(model)), steps_per_epoch=steps_per_epoch,
+        parts=batch_parts_for(model, device),
     )
 
 
@@ -283,20 +285,28 @@ def advance_schedule(session: Session, epoch_ended: bool, val_loss: float | None
         scheduler.step()
 
 
+def batch_loss(session: Session, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and logits of a batch (autocast is per thread, so it is entered here)."""
+    with torch.autocast(device_type=session.device.type, dtype=torch.bfloat16, enabled=session.use_amp):
+        logits = session.model(xb)
+    return F.cross_entropy(logits.float(), yb), logits
+
+
 def train_step(session: Session, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch: forward, loss, backward, update. Returns the loss and the logits (detached)."""
     config = session.config
     if config.augment == "affine":
         xb = random_affine(xb, session.generator)
-    with torch.autocast(device_type=session.device.type, dtype=torch.bfloat16, enabled=session.use_amp):
-        logits = session.model(xb)
-    loss = F.cross_entropy(logits.float(), yb)
-    if session.optimizer is not None:
-        session.optimizer.zero_grad(set_to_none=True)
+    if session.parts is not None:
+        loss, logits = session.parts.gradients(lambda x, y: batch_loss(session, x, y), session.params, xb, yb)
+    else:
+        loss, logits = batch_loss(session, xb, yb)
+        if session.optimizer is not None:
+            session.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+    if session.optimizer is not None:
         session.optimizer.step()
     else:
-        loss.backward()
         scratch_sgd_step(session.params, config.lr, config.weight_decay)
     advance_schedule(session, epoch_ended=False)
     session.step += 1
@@ -377,6 +387,35 @@ def evaluate_epoch(session: Session, epoch: int, totals: EpochTotals) -> EpochEv
     )
 
 
+def train_epochs(
+    session: Session,
+    on_step: Callable[[StepEvent], None] | None,
+    on_epoch: Callable[[EpochEvent], None] | None,
+    cancel: threading.Event | None,
+    report_every: int,
+) -> list[EpochEvent]:
+    """Epoch after epoch until the last, a stop or the time budget; the per-epoch events."""
+    history: list[EpochEvent] = []
+    session.model.train()
+    for epoch in range(1, session.config.epochs + 1):
+        if session.parts is not None:
+            with session.parts.one_thread_each():
+                totals = train_epoch(session, epoch, on_step, cancel, report_every)
+        else:
+            totals = train_epoch(session, epoch, on_step, cancel, report_every)
+        if session.status != "finished" or totals.seen == 0:
+            break
+        event = evaluate_epoch(session, epoch, totals)
+        history.append(event)
+        if on_epoch:
+            on_epoch(event)
+        advance_schedule(session, epoch_ended=True,
+                         val_loss=event.val_loss if event.val_loss is not None else event.train_loss)
+        if session.message:  # the time budget ran out
+            break
+    return history
+
+
 def train(
     config: TrainConfig,
     data: Mnist,
@@ -391,21 +430,11 @@ def train(
     the validation split, the batch order, dropout and augmentation.
     """
     session = start_session(config, data)
-    history: list[EpochEvent] = []
-    session.model.train()
-    for epoch in range(1, config.epochs + 1):
-        totals = train_epoch(session, epoch, on_step, cancel, report_every)
-        if session.status != "finished" or totals.seen == 0:
-            break
-        event = evaluate_epoch(session, epoch, totals)
-        history.append(event)
-        if on_epoch:
-            on_epoch(event)
-        advance_schedule(session, epoch_ended=True,
-                         val_loss=event.val_loss if event.val_loss is not None else event.train_loss)
-        if session.message:  # the time budget ran out
-            break
-
+    try:
+        history = train_epochs(session, on_step, on_epoch, cancel, report_every)
+    finally:
+        if session.parts is not None:
+            session.parts.close()
     model = build_model(config.model, config.dropout)  # the registered layers, not the CPU rewrites
     model.load_state_dict(session.model.state_dict())
     model.eval()

@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from mnist_core.config import RECIPES, TrainConfig
-from mnist_core.cpu_speed import for_cpu_training, keep_freed_memory, pool_before_relu
+from mnist_core.cpu_speed import (
+    BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, pool_before_relu, splits_exactly,
+)
 from mnist_core.models import MODELS, build_model
-from mnist_core.train import make_optimizer, train
+from mnist_core.train import make_optimizer, start_session, train
 from tests.synthetic import synthetic_mnist
 
 
@@ -84,3 +86,75 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting():
     steps(20)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
     assert faults / 20 < 100, f"{faults / 20:.0f} page faults per step"
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Two torch threads whose OpenMP waits sleep, as in the dashboard's workers."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_only_models_without_batch_norm_or_active_dropout_split_exactly():
+    assert splits_exactly(build_model("cnn-small")) and splits_exactly(build_model("linear"))
+    assert not splits_exactly(build_model("cnn-small", dropout=0.3))  # one shared random stream
+    assert not splits_exactly(build_model("cnn-best"))  # batch statistics and shared buffers
+
+
+@pytest.mark.parametrize("size", [64, 37, 20])
+def test_the_parts_gradient_is_the_whole_batchs_gradient(size):
+    torch.manual_seed(0)
+    model = for_cpu_training(build_model("cnn-small"))
+    params = list(model.parameters())
+    x, y = torch.randn(size, 1, 28, 28), torch.randint(0, 10, (size,))
+    whole = nn.functional.cross_entropy(model(x), y)
+    expected = torch.autograd.grad(whole, params)
+    parts = BatchParts(3)
+    try:
+        with parts.one_thread_each():
+            assert torch.get_num_threads() == 1
+            loss, logits = parts.gradients(lambda a, b: (nn.functional.cross_entropy(model(a), b), model(a)),
+                                           params, x, y)
+    finally:
+        parts.close()
+    assert torch.allclose(loss, whole, atol=1e-6)
+    assert torch.allclose(logits, model(x), atol=1e-6) and logits.shape == (size, 10)
+    for p, g in zip(params, expected):
+        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
+
+
+def test_one_thread_each_gives_the_thread_count_back(two_threads):
+    parts = BatchParts(2)
+    with parts.one_thread_each():
+        assert torch.get_num_threads() == 1
+    parts.close()
+    assert torch.get_num_threads() == 2
+
+
+def test_a_run_in_parts_is_fixed_by_its_seed_and_learns(two_threads):
+    config = TrainConfig(model="cnn-small", epochs=1, batch_size=64, lr=3e-3, val_split=0.0)
+    data = synthetic_mnist()
+    session = start_session(config, data)
+    assert session.parts is not None
+    session.parts.close()
+    first, second = train(config, data), train(config, data)
+    assert torch.get_num_threads() == 2
+    for (name, p), q in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert first.test_accuracy > 0.5
+
+
+def test_batch_norm_spinning_waits_or_a_single_thread_train_the_batch_whole(two_threads, monkeypatch):
+    cpu = torch.device("cpu")
+    parts = batch_parts_for(build_model("cnn-small"), cpu)
+    assert isinstance(parts, BatchParts) and parts.parts == 2
+    parts.close()
+    assert batch_parts_for(build_model("cnn-best"), cpu) is None
+    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
+    assert batch_parts_for(build_model("cnn-small"), cpu) is None
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    torch.set_num_threads(1)
+    assert batch_parts_for(build_model("cnn-small"), cpu) is None
