@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mnist_core.config import RANGES, ConfigError, Limits, TrainConfig
 from mnist_core.data import DataError
-from mnist_core.runs import RunStoreError
+from mnist_core.runs import RunStore, RunStoreError
 
 if TYPE_CHECKING:  # imported when a sweep runs, not at every command's start
     from mnist_core.sweeps import SweepPlan
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from mnist_core.data import load_mnist
     from mnist_core.jobs import HOST, current, execute, run_id_for, submit
-    from mnist_core.runs import REUSABLE, RunStore
+    from mnist_core.runs import REUSABLE
     from mnist_core.train import import_optimizer_support
 
     phases = Phases(args.profile)
@@ -191,7 +191,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from mnist_core.access import Person
     from mnist_core.cluster import start_pool
-    from mnist_core.runs import ACTIVE, RunStore
+    from mnist_core.runs import ACTIVE
     from mnist_core.sweeps import launch
 
     store = RunStore(args.runs_dir)
@@ -231,7 +231,7 @@ def sweep_plan(args: argparse.Namespace) -> SweepPlan:
     return SweepPlan(TrainConfig(**base), axes, mode="random" if args.random else "grid", samples=args.random or 0)
 
 
-def train_members_here(store, sweep_id: str) -> None:
+def train_members_here(store: RunStore, sweep_id: str) -> None:
     """Without a cluster, this process trains the sweep's queued members one after another."""
     from mnist_core.data import load_mnist
     from mnist_core.jobs import execute
@@ -246,7 +246,7 @@ def train_members_here(store, sweep_id: str) -> None:
                   f"({done.duration_s or 0:.1f} s)")
 
 
-def print_sweep(store, sweep_id: str, seconds: float) -> int:
+def print_sweep(store: RunStore, sweep_id: str, seconds: float) -> int:
     """Every member's accuracy and status, then the best; exit code 0 when all finished."""
     from mnist_core.sweeps import member_names, state
 
@@ -280,7 +280,6 @@ def print_run(record) -> None:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from mnist_core.jobs import recover
-    from mnist_core.runs import RunStore
 
     store = RunStore(args.runs_dir)
     recover(store)  # runs of processes that died show as interrupted, not running
@@ -314,7 +313,6 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mnist_core.predict import load_run_model, predict_image
     from mnist_core.preprocess import load_uploaded_image
-    from mnist_core.runs import RunStore
 
     model = load_run_model(RunStore(args.runs_dir), args.run)
     gray = load_uploaded_image(args.image.read_bytes())

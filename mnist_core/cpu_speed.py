@@ -1,5 +1,6 @@
-"""CPU training made faster without changing what is computed: layer rewrites, an allocator
-that keeps the memory a training step frees, and a batch cut into one slice per core.
+"""CPU training made faster without changing the model or its maths: layer rewrites, an
+allocator that keeps the memory a training step frees, and a batch cut into one slice per core
+(whose gradients sum to the batch's, up to the order of float additions).
 
 ReLU followed by 2x2 max-pooling gives exactly the same values and gradients as pooling first
 and ReLU after (both are monotone), and the latter does the ReLU and its backward on a quarter
@@ -26,9 +27,9 @@ from torch import nn
 
 # glibc mallopt() parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MIN_PART = 16  # images: below this a part's ops are too small to be worth a core of their own
 KEEP_AT_TOP = 64 << 20  # free memory at the heap's top kept for the next step, not given back
 FROM_HEAP_BELOW = 32 << 20  # blocks under this come from the heap, not from their own mmap
+MIN_PART = 16  # images: below this a slice's ops are too small to be worth a core of their own
 
 
 def pool_before_relu(layers: nn.Sequential) -> nn.Sequential:
@@ -135,19 +136,21 @@ class BatchParts:
             p.grad = grads[0] if grads else None
         return sum(r[0] for r in results), torch.cat([r[1] for r in results])
 
-    @contextmanager
-    def one_thread_each(self) -> Iterator[None]:
-        """Torch's ops one thread each while training (the slices are the parallelism); the
-        previous count comes back for evaluation, whose large batches share cores well."""
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
-
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's ops on `count` threads inside the block, the previous count after it. Slices
+    train on one thread each (the slices are the parallelism); evaluation, whose large batches
+    share cores well, gets every thread back."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def waits_passively() -> bool:

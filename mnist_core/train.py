@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory
+from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, torch_threads
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
 from mnist_core.models import Classifier, build_model, is_convolutional
@@ -398,10 +399,7 @@ def train_epochs(
     history: list[EpochEvent] = []
     session.model.train()
     for epoch in range(1, session.config.epochs + 1):
-        if session.parts is not None:
-            with session.parts.one_thread_each():
-                totals = train_epoch(session, epoch, on_step, cancel, report_every)
-        else:
+        with torch_threads(1) if session.parts is not None else nullcontext():
             totals = train_epoch(session, epoch, on_step, cancel, report_every)
         if session.status != "finished" or totals.seen == 0:
             break

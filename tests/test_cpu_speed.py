@@ -12,6 +12,7 @@ from torch import nn
 from mnist_core.config import RECIPES, TrainConfig
 from mnist_core.cpu_speed import (
     BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, pool_before_relu, splits_exactly,
+    torch_threads,
 )
 from mnist_core.models import MODELS, build_model
 from mnist_core.train import make_optimizer, start_session, train
@@ -112,12 +113,14 @@ def test_the_parts_gradient_is_the_whole_batchs_gradient(size):
     x, y = torch.randn(size, 1, 28, 28), torch.randint(0, 10, (size,))
     whole = nn.functional.cross_entropy(model(x), y)
     expected = torch.autograd.grad(whole, params)
+    def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(a)
+        return nn.functional.cross_entropy(logits, b), logits
+
     parts = BatchParts(3)
     try:
-        with parts.one_thread_each():
-            assert torch.get_num_threads() == 1
-            loss, logits = parts.gradients(lambda a, b: (nn.functional.cross_entropy(model(a), b), model(a)),
-                                           params, x, y)
+        with torch_threads(1):
+            loss, logits = parts.gradients(loss_of, params, x, y)
     finally:
         parts.close()
     assert torch.allclose(loss, whole, atol=1e-6)
@@ -126,11 +129,10 @@ def test_the_parts_gradient_is_the_whole_batchs_gradient(size):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
 
 
-def test_one_thread_each_gives_the_thread_count_back(two_threads):
-    parts = BatchParts(2)
-    with parts.one_thread_each():
+def test_torch_threads_gives_the_thread_count_back_even_after_an_error(two_threads):
+    with pytest.raises(RuntimeError), torch_threads(1):
         assert torch.get_num_threads() == 1
-    parts.close()
+        raise RuntimeError("a step failed")
     assert torch.get_num_threads() == 2
 
 
