@@ -23,6 +23,7 @@ from mnist_core.config import TrainConfig
 from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, torch_threads
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
+from mnist_core.fused_step import FusedAdamStep, fused_step_for
 from mnist_core.models import Classifier, build_model, is_convolutional
 
 # Evaluation batch: small enough that a CNN's largest activation (500 x 16 x 28 x 28 floats,
@@ -114,8 +115,12 @@ class Splits:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def train_batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images and labels at `positions` (0..len(y_train)-1) of the training split."""
-        return self.layout(self.x_all[self.train_index[positions]]), self.y_train[positions]
+        """Images and labels at `positions` (0..len(y_train)-1) of the training split.
+
+        `index_select` copies whole rows; `x[idx]` goes through general indexing, 33 against 7 us
+        for a batch of 64 images (a tenth of a `linear` step)."""
+        rows = self.train_index.index_select(0, positions)
+        return self.layout(self.x_all.index_select(0, rows)), self.y_train.index_select(0, positions)
 
 
 def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -156,7 +161,8 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     """The chosen optimizer; None for 'scratch-sgd', whose update is written out in `scratch_sgd_step`.
 
     Adam, AdamW and SGD use their fused kernels (one pass over all weights instead of a dozen
-    small ops per tensor): about 0.5 ms a step less for cnn-small on a 2-core CPU.
+    small ops per tensor): about 0.5 ms a step less for cnn-small on a 2-core CPU. Adam's and
+    AdamW's kernel is then called directly (fused_step.FusedAdamStep).
     """
     lr, wd = config.lr, config.weight_decay
     fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
@@ -229,6 +235,7 @@ class Session:
     use_amp: bool
     steps_per_epoch: int
     parts: BatchParts | None = None  # the batch's slices, one per core (cpu_speed.BatchParts)
+    fused_step: FusedAdamStep | None = None  # optimizer.step() without its Python wrapper, where it applies
     start: float = field(default_factory=time.perf_counter)
     step: int = 0
     images_seen: int = 0
@@ -270,7 +277,7 @@ def start_session(config: TrainConfig, data: Mnist) -> Session:
         scheduler=make_scheduler(config, optimizer, steps_per_epoch),
         generator=torch.Generator().manual_seed(config.seed),
         use_amp=use_bf16(config.precision, device, is_convolutional(model)), steps_per_epoch=steps_per_epoch,
-        parts=batch_parts_for(model, device),
+        parts=batch_parts_for(model, device), fused_step=fused_step_for(optimizer),
     )
 
 
@@ -302,10 +309,12 @@ def train_step(session: Session, xb: torch.Tensor, yb: torch.Tensor) -> tuple[to
         loss, logits = session.parts.gradients(lambda x, y: batch_loss(session, x, y), session.params, xb, yb)
     else:
         loss, logits = batch_loss(session, xb, yb)
-        if session.optimizer is not None:
-            session.optimizer.zero_grad(set_to_none=True)
+        for p in session.params:  # what zero_grad(set_to_none=True) does, without its wrapper
+            p.grad = None
         loss.backward()
-    if session.optimizer is not None:
+    if session.fused_step is not None:
+        session.fused_step()
+    elif session.optimizer is not None:
         session.optimizer.step()
     else:
         scratch_sgd_step(session.params, config.lr, config.weight_decay)

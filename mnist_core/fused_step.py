@@ -1,0 +1,73 @@
+"""Adam's and AdamW's fused update, called directly instead of through `optimizer.step()`.
+
+`torch.optim.Adam.step()` with `fused=True` ends in one kernel over all weights, but reaches it
+through Python that runs on every call: a grad-mode switch with two dynamo graph breaks, a
+dynamo-disabled wrapper, the per-parameter state walk of `_init_group`, and grouping the tensors
+by device and dtype. Profiled on a 2-core CPU (cnn-small, batch 64, AVX2 fp32), that wrapper
+took about 0.25 ms of a ~6 ms step, more than the kernel itself.
+
+`FusedAdamStep` calls the same two kernels (`_foreach_add_` on the step counts, then
+`_fused_adam_` or `_fused_adamw_`) with the optimizer's own state and hyperparameters, so the
+update is bit for bit the one `optimizer.step()` makes, learning-rate schedules still act on
+`param_groups`, and the optimizer's state dict is unchanged. The first step goes through
+`optimizer.step()`, which creates the state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def applies(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every group is a fused, plain (not capturable, not differentiable, float learning
+    rate) Adam or AdamW group over tensors of one device and dtype, with no gradient scaler
+    attached: what the direct call covers."""
+    if not isinstance(optimizer, torch.optim.Adam) or not hasattr(torch, "_fused_adam_"):
+        return False
+    if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return bool(params) and len({(p.device, p.dtype) for p in params}) == 1 and all(
+        group["fused"] and not group["capturable"] and not group["differentiable"]
+        and not isinstance(group["lr"], torch.Tensor)
+        for group in optimizer.param_groups
+    )
+
+
+class FusedAdamStep:
+    """`optimizer.step()` for a fused Adam or AdamW (see `applies`), minus its Python wrapper."""
+
+    def __init__(self, optimizer: torch.optim.Adam):
+        self.optimizer = optimizer
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        optimizer = self.optimizer
+        groups = []
+        for group in optimizer.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            states = [optimizer.state[p] for p in params]
+            if not all(states):  # a parameter's first update: let torch create its state
+                optimizer.step()
+                return
+            groups.append((group, params, states))
+        for group, params, states in groups:
+            if not params:
+                continue
+            steps = [s["step"] for s in states]
+            beta1, beta2 = group["betas"]
+            kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+            torch._foreach_add_(steps, 1)
+            kernel(
+                params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["max_exp_avg_sq"] for s in states] if group["amsgrad"] else [], steps,
+                amsgrad=group["amsgrad"], lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                grad_scale=None, found_inf=None,
+            )
+
+
+def fused_step_for(optimizer: torch.optim.Optimizer | None) -> FusedAdamStep | None:
+    """The direct call for `optimizer` where it applies; None where `optimizer.step()` must run."""
+    return FusedAdamStep(optimizer) if optimizer is not None and applies(optimizer) else None

@@ -1,0 +1,91 @@
+"""The direct fused update (mnist_core/fused_step.py) is `optimizer.step()`, bit for bit."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_core.config import TrainConfig
+from mnist_core.fused_step import FusedAdamStep, applies, fused_step_for
+from mnist_core.train import start_session, train_step
+from tests.synthetic import synthetic_mnist
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def trained(model: nn.Module, optimizer: torch.optim.Optimizer, update, steps: int = 12) -> list[torch.Tensor]:
+    """Weights after `steps` updates made by `update`, a one-cycle schedule moving the lr."""
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=steps)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x, y = torch.randn(16, 12, generator=generator), torch.randint(0, 3, (16,), generator=generator)
+        for p in model.parameters():
+            p.grad = None
+        nn.functional.cross_entropy(model(x), y).backward()
+        update()
+        schedule.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kind, options", [
+    (torch.optim.Adam, {}),
+    (torch.optim.Adam, {"weight_decay": 1e-2, "amsgrad": True}),
+    (torch.optim.AdamW, {"weight_decay": 0.05}),
+    (torch.optim.Adam, {"maximize": True, "betas": (0.8, 0.99), "eps": 1e-6}),
+])
+def test_the_direct_call_updates_exactly_as_step_does(kind, options):
+    plain, direct = net(), net()
+    by_step = kind(plain.parameters(), lr=0.01, fused=True, **options)
+    by_call = kind(direct.parameters(), lr=0.01, fused=True, **options)
+    assert applies(by_call)
+    expected = trained(plain, by_step, lambda: by_step.step())
+    got = trained(direct, by_call, FusedAdamStep(by_call))
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+    state_a, state_b = by_step.state_dict(), by_call.state_dict()
+    assert state_a["param_groups"] == state_b["param_groups"]
+    for key, value in state_a["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, state_b["state"][key][name]), name
+
+
+def test_groups_with_their_own_lr_and_a_frozen_parameter_are_updated_as_step_does():
+    plain, direct = net(), net()
+    for model in (plain, direct):
+        model[2].bias.requires_grad_(False)
+    optimizers = [
+        torch.optim.Adam([{"params": model[0].parameters(), "lr": 0.02},
+                          {"params": [model[2].weight, model[2].bias]}], lr=0.005, fused=True)
+        for model in (plain, direct)
+    ]
+    expected = trained(plain, optimizers[0], lambda: optimizers[0].step())
+    got = trained(direct, optimizers[1], FusedAdamStep(optimizers[1]))
+    assert all(torch.equal(e, g) for e, g in zip(expected, got))
+    assert torch.equal(direct[2].bias, net()[2].bias)  # no gradient, never moved
+
+
+def test_other_optimizers_keep_their_own_step():
+    params = list(net().parameters())
+    for optimizer in (torch.optim.Adam(params, lr=0.01), torch.optim.SGD(params, lr=0.1, fused=True),
+                      torch.optim.RMSprop(params, lr=0.01),
+                      torch.optim.Adam(params, lr=torch.tensor(0.01), fused=True)):
+        assert not applies(optimizer) and fused_step_for(optimizer) is None
+
+
+def test_a_training_session_uses_the_direct_call_for_adam_and_step_for_sgd():
+    data = synthetic_mnist()
+    adam = start_session(TrainConfig(model="mlp", optimizer="adam", val_split=0.0), data)
+    sgd = start_session(TrainConfig(model="mlp", optimizer="sgd", val_split=0.0), data)
+    assert isinstance(adam.fused_step, FusedAdamStep) and sgd.fused_step is None
+    for session in (adam, sgd):
+        before = copy.deepcopy([p.detach() for p in session.params])
+        xb, yb = session.splits.train_batch(torch.arange(32))
+        for _ in range(2):  # the first step creates the state, the second takes the direct path
+            train_step(session, xb, yb)
+        assert all(not torch.equal(a, b) for a, b in zip(before, session.params))
