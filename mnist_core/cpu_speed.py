@@ -18,12 +18,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from mnist_core.synced_batchnorm import SliceMeeting, in_slice, sync_batch_norms
 
 # glibc mallopt() parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -77,11 +80,13 @@ def keep_freed_memory() -> bool:
 
 def splits_exactly(model: nn.Module) -> bool:
     """Whether a batch's gradient is the weighted sum of its parts' gradients: true unless the
-    model has batch norm (each part would be normalised with its own statistics, and both parts
-    would update the same running buffers at once) or active dropout (both parts would draw from
-    the one shared random stream, in an order the scheduler picks)."""
+    model has active dropout (the parts would draw from the one shared random stream, in an
+    order the scheduler picks) or a batch norm other than BatchNorm1d/2d. Those two are synced
+    across the parts (synced_batchnorm), so each part is normalised with the whole batch's
+    statistics."""
     return not any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
+        (isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)))
+        or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
         for m in model.modules()
     )
 
@@ -101,7 +106,8 @@ class BatchParts:
     55,000-65,000, mlp 58,000 -> 42,000), so they are used only with passive waiting.
 
     The sum of the slices' gradients (weights n_slice / n) is the batch's gradient, summed in a
-    fixed order, so a seed still fixes the run for a given thread count.
+    fixed order, so a seed still fixes the run for a given thread count. Batch-norm layers meet
+    across the slices to normalise with the whole batch's statistics (synced_batchnorm).
     """
 
     def __init__(self, parts: int):
@@ -118,17 +124,24 @@ class BatchParts:
         count = max(1, min(self.parts, n // MIN_PART))
         bounds = [n * i // count for i in range(count + 1)]
 
+        meeting = SliceMeeting(count, n)  # where batch-norm layers meet to sum their statistics
+
         def part(i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor | None, ...]]:
             x, y = xb[bounds[i] : bounds[i + 1]], yb[bounds[i] : bounds[i + 1]]
-            loss, logits = loss_of(x, y)
-            weighted = loss * (len(y) / n)
-            return weighted.detach(), logits.detach(), torch.autograd.grad(weighted, params, allow_unused=True)
+            with in_slice(meeting, i):
+                loss, logits = loss_of(x, y)
+                weighted = loss * (len(y) / n)
+                return weighted.detach(), logits.detach(), torch.autograd.grad(weighted, params, allow_unused=True)
 
         futures = [self.pool.submit(part, i) for i in range(1, count)]
-        try:
-            results = [part(0)]
-        finally:  # never leave a slice still writing while the caller moves on
-            results += [future.result() for future in futures]
+        results, errors = [], []
+        for run in (lambda: part(0), *(future.result for future in futures)):  # wait for every slice
+            try:
+                results.append(run())
+            except Exception as error:  # noqa: BLE001  raised below, once every slice has stopped
+                errors.append(error)
+        if errors:  # the slice that failed, not one it released from a batch-norm meeting
+            raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
         for j, p in enumerate(params):
             grads = [r[2][j] for r in results if r[2][j] is not None]
             for g in grads[1:]:
@@ -160,8 +173,10 @@ def waits_passively() -> bool:
 
 def batch_parts_for(model: nn.Module, device: torch.device) -> BatchParts | None:
     """Slices for a CPU run with more than one thread, passive OpenMP waiting, and a gradient
-    that splits exactly; None means the batch trains whole."""
+    that splits exactly (the model's batch norms are then synced, in place); None means the
+    batch trains whole."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads < 2 or not waits_passively() or not splits_exactly(model):
         return None
+    sync_batch_norms(model)
     return BatchParts(threads)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -14,7 +16,9 @@ from mnist_core.cpu_speed import (
     BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, pool_before_relu, splits_exactly,
     torch_threads,
 )
+from mnist_core import synced_batchnorm
 from mnist_core.models import MODELS, build_model
+from mnist_core.synced_batchnorm import SyncedBatchNorm, sync_batch_norms
 from mnist_core.train import make_optimizer, start_session, train
 from tests.synthetic import synthetic_mnist
 
@@ -99,20 +103,28 @@ def two_threads(monkeypatch):
     torch.set_num_threads(previous)
 
 
-def test_only_models_without_batch_norm_or_active_dropout_split_exactly():
-    assert splits_exactly(build_model("cnn-small")) and splits_exactly(build_model("linear"))
+def test_models_without_active_dropout_split_exactly():
+    for name in ("cnn-small", "linear", "cnn-sprint", "cnn-fast"):
+        assert splits_exactly(build_model(name)), name
     assert not splits_exactly(build_model("cnn-small", dropout=0.3))  # one shared random stream
-    assert not splits_exactly(build_model("cnn-best"))  # batch statistics and shared buffers
+    assert not splits_exactly(build_model("cnn-best", dropout=0.25))  # its default dropout
+    assert splits_exactly(build_model("cnn-best", dropout=0.0))  # its batch norms are synced
+    assert not splits_exactly(nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2)))  # not synced
 
 
+@pytest.mark.parametrize("name", ["cnn-small", "cnn-sprint", "cnn-fast"])
 @pytest.mark.parametrize("size", [64, 37, 20])
-def test_the_parts_gradient_is_the_whole_batchs_gradient(size):
+def test_the_parts_gradient_and_batch_statistics_are_the_whole_batchs(name, size):
     torch.manual_seed(0)
-    model = for_cpu_training(build_model("cnn-small"))
+    whole_model = for_cpu_training(build_model(name))
+    model = copy.deepcopy(whole_model)
+    assert sync_batch_norms(model)
     params = list(model.parameters())
     x, y = torch.randn(size, 1, 28, 28), torch.randint(0, 10, (size,))
-    whole = nn.functional.cross_entropy(model(x), y)
-    expected = torch.autograd.grad(whole, params)
+    whole_logits = whole_model(x)
+    whole = nn.functional.cross_entropy(whole_logits, y)
+    expected = torch.autograd.grad(whole, list(whole_model.parameters()))
+
     def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(a)
         return nn.functional.cross_entropy(logits, b), logits
@@ -124,9 +136,35 @@ def test_the_parts_gradient_is_the_whole_batchs_gradient(size):
     finally:
         parts.close()
     assert torch.allclose(loss, whole, atol=1e-6)
-    assert torch.allclose(logits, model(x), atol=1e-6) and logits.shape == (size, 10)
+    assert torch.allclose(logits, whole_logits, atol=1e-5) and logits.shape == (size, 10)
     for p, g in zip(params, expected):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
+    for (label, a), b in zip(whole_model.named_buffers(), model.buffers()):  # running statistics, once
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), label
+
+
+def test_a_slice_that_fails_releases_the_others_and_its_error_comes_back(monkeypatch):
+    """A slice waiting for batch statistics that never come would hang the worker: the failing
+    slice releases it, and the caller sees the failure itself."""
+    monkeypatch.setattr(synced_batchnorm, "MEET_TIMEOUT_S", 20.0)
+    model = for_cpu_training(build_model("cnn-sprint"))
+    sync_batch_norms(model)
+    main = threading.current_thread()
+
+    def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if threading.current_thread() is not main:
+            raise ValueError("this slice broke")
+        logits = model(a)
+        return nn.functional.cross_entropy(logits, b), logits
+
+    parts = BatchParts(2)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match="this slice broke"), torch_threads(1):
+            parts.gradients(loss_of, list(model.parameters()), torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    finally:
+        parts.close()
+    assert time.perf_counter() - start < 10
 
 
 def test_torch_threads_gives_the_thread_count_back_even_after_an_error(two_threads):
@@ -136,8 +174,9 @@ def test_torch_threads_gives_the_thread_count_back_even_after_an_error(two_threa
     assert torch.get_num_threads() == 2
 
 
-def test_a_run_in_parts_is_fixed_by_its_seed_and_learns(two_threads):
-    config = TrainConfig(model="cnn-small", epochs=1, batch_size=64, lr=3e-3, val_split=0.0)
+@pytest.mark.parametrize("name", ["cnn-small", "cnn-sprint"])
+def test_a_run_in_parts_is_fixed_by_its_seed_and_learns(two_threads, name):
+    config = TrainConfig(model=name, epochs=1, batch_size=64, lr=3e-3, val_split=0.0)
     data = synthetic_mnist()
     session = start_session(config, data)
     assert session.parts is not None
@@ -149,12 +188,18 @@ def test_a_run_in_parts_is_fixed_by_its_seed_and_learns(two_threads):
     assert first.test_accuracy > 0.5
 
 
-def test_batch_norm_spinning_waits_or_a_single_thread_train_the_batch_whole(two_threads, monkeypatch):
+def test_dropout_spinning_waits_or_a_single_thread_train_the_batch_whole(two_threads, monkeypatch):
     cpu = torch.device("cpu")
     parts = batch_parts_for(build_model("cnn-small"), cpu)
     assert isinstance(parts, BatchParts) and parts.parts == 2
     parts.close()
-    assert batch_parts_for(build_model("cnn-best"), cpu) is None
+    assert batch_parts_for(build_model("cnn-best", dropout=0.25), cpu) is None
+    sprint = build_model("cnn-sprint")
+    parts = batch_parts_for(sprint, cpu)
+    assert isinstance(parts, BatchParts)
+    parts.close()
+    norms = [m for m in sprint.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, SyncedBatchNorm) for m in norms)
     monkeypatch.setenv("OMP_WAIT_POLICY", "active")
     assert batch_parts_for(build_model("cnn-small"), cpu) is None
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
