@@ -125,14 +125,16 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
         if where is None or not self.training:
             return super().forward(x)
         meeting, index = where
+        count = meeting.total * x[0, 0].numel()  # values per channel in the whole batch
+        if count == 1:  # one image in one slice: torch's own module refuses it, with its message
+            return super().forward(x)
         out, mean, var = SyncedNorm.apply(x, self.weight, self.bias, meeting, index, self.eps)
         if self.track_running_stats and index == 0:  # one slice updates the buffers, once
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                count = meeting.total * x[0, 0].numel()  # values per channel in the whole batch
                 self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-                self.running_var.mul_(1 - factor).add_(var * (count / max(count - 1, 1)), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(var * (count / (count - 1)), alpha=factor)
         return out
 
 

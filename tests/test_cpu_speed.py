@@ -167,6 +167,25 @@ def test_a_slice_that_fails_releases_the_others_and_its_error_comes_back(monkeyp
     assert time.perf_counter() - start < 10
 
 
+def test_one_image_with_batch_norm_is_refused_in_slices_as_it_is_whole():
+    model = for_cpu_training(build_model("cnn-sprint"))
+    x, y = torch.randn(1, 1, 28, 28), torch.randint(0, 10, (1,))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(x)
+    sync_batch_norms(model)
+
+    def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(a)
+        return nn.functional.cross_entropy(logits, b), logits
+
+    parts = BatchParts(2)
+    try:
+        with pytest.raises(ValueError, match="more than 1 value per channel"), torch_threads(1):
+            parts.gradients(loss_of, list(model.parameters()), x, y)
+    finally:
+        parts.close()
+
+
 def test_torch_threads_gives_the_thread_count_back_even_after_an_error(two_threads):
     with pytest.raises(RuntimeError), torch_threads(1):
         assert torch.get_num_threads() == 1
