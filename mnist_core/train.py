@@ -233,7 +233,7 @@ class Session:
     scheduler: Any
     generator: torch.Generator
     use_amp: bool
-    steps_per_epoch: int
+    bounds: list[int]  # where each batch of an epoch starts, then the split's size (batch_bounds)
     parts: BatchParts | None = None  # the batch's slices, one per core (cpu_speed.BatchParts)
     fused_step: FusedAdamStep | None = None  # optimizer.step() without its Python wrapper, where it applies
     start: float = field(default_factory=time.perf_counter)
@@ -242,6 +242,10 @@ class Session:
     train_time: float = 0.0  # excludes evaluation, for an honest images/s
     status: str = "finished"
     message: str = ""  # set when the run stops before its last epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.bounds) - 1
 
     @property
     def total_steps(self) -> int:
@@ -258,6 +262,21 @@ class EpochTotals:
     seen: int = 0
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def batch_bounds(n_train: int, batch_size: int, fold_single: bool) -> list[int]:
+    """Start of each batch of an epoch, then `n_train`. With `fold_single` a last batch of one
+    image joins the batch before it: batch norm cannot train on one image (its variance is
+    undefined, and torch refuses), so e.g. `cnn-sprint` at batch 11 on 54,000 images failed
+    at the end of its first epoch."""
+    bounds = [*range(0, n_train, batch_size), n_train] if n_train else [0]
+    if fold_single and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return bounds
+
+
 def start_session(config: TrainConfig, data: Mnist) -> Session:
     """Seed, build the model on its device, lay out the data, and make the optimizer."""
     device = resolve_device(config.device)
@@ -271,12 +290,12 @@ def start_session(config: TrainConfig, data: Mnist) -> Session:
     splits = Splits(data, config.val_split, config.seed, device, channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(config, params)
-    steps_per_epoch = math.ceil(len(splits.y_train) / config.batch_size)
+    bounds = batch_bounds(len(splits.y_train), config.batch_size, has_batch_norm(model))
     return Session(
         config=config, device=device, model=model, splits=splits, params=params, optimizer=optimizer,
-        scheduler=make_scheduler(config, optimizer, steps_per_epoch),
+        scheduler=make_scheduler(config, optimizer, len(bounds) - 1),
         generator=torch.Generator().manual_seed(config.seed),
-        use_amp=use_bf16(config.precision, device, is_convolutional(model)), steps_per_epoch=steps_per_epoch,
+        use_amp=use_bf16(config.precision, device, is_convolutional(model)), bounds=bounds,
         parts=batch_parts_for(model, device), fused_step=fused_step_for(optimizer),
     )
 
@@ -340,8 +359,8 @@ def train_epoch(
     totals = EpochTotals(zero.clone(), zero.clone(), zero.clone())
     epoch_start = last_report = time.perf_counter()
     window_images = 0
-    for batch_start in range(0, n_train, config.batch_size):
-        xb, yb = splits.train_batch(order[batch_start : batch_start + config.batch_size])
+    for batch_start, batch_end in zip(session.bounds, session.bounds[1:]):
+        xb, yb = splits.train_batch(order[batch_start:batch_end])
         loss, logits = train_step(session, xb, yb)
         n = len(yb)
         totals.seen += n
@@ -352,7 +371,7 @@ def train_epoch(
         totals.worst = torch.maximum(totals.worst, loss)
 
         now = time.perf_counter()
-        last_batch = batch_start + config.batch_size >= n_train
+        last_batch = batch_end >= n_train
         if session.step % report_every == 0 or last_batch or now - last_report >= REPORT_S:
             worst = float(totals.worst)
             totals.worst.zero_()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mnist_core.config import TrainConfig
-from mnist_core.train import random_affine, train
+from mnist_core.train import batch_bounds, random_affine, train
 from tests.synthetic import synthetic_mnist
 
 DATA = synthetic_mnist()
@@ -85,3 +85,21 @@ def test_augmentation_keeps_shape_layout_and_background():
     assert out.shape == x.shape and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(out[:, :, 0, 0], torch.tensor(-0.4242), atol=1e-5)
     assert not torch.equal(out, x)
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before_only_for_batch_norm():
+    assert batch_bounds(10, 3, fold_single=True) == [0, 3, 6, 10]  # 3, 3, 4 images
+    assert batch_bounds(10, 3, fold_single=False) == [0, 3, 6, 9, 10]
+    assert batch_bounds(10, 5, fold_single=True) == [0, 5, 10]
+    assert batch_bounds(1, 4, fold_single=True) == [0, 1]  # nothing to join
+    assert batch_bounds(0, 4, fold_single=True) == [0]
+
+
+@pytest.mark.parametrize("model, steps", [("cnn-sprint", 1), ("mlp", 2)])
+def test_an_epoch_ending_in_one_image_trains_every_image(model, steps):
+    """cnn-sprint at a batch size that leaves one image over used to fail at the end of its
+    first epoch: batch norm refuses a batch of one."""
+    data = synthetic_mnist()
+    n = len(data.train_labels)
+    result = train(TrainConfig(model=model, epochs=1, batch_size=n - 1, val_split=0.0), data)
+    assert result.status == "finished" and result.steps_done == steps
