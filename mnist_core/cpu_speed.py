@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from mnist_core.synced_batchnorm import SliceMeeting, in_slice, sync_batch_norms
+from mnist_core.synced_batchnorm import SliceMeeting, can_sync, in_slice, sync_batch_norms
 
 # glibc mallopt() parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -85,13 +85,11 @@ def keep_freed_memory() -> bool:
 def splits_exactly(model: nn.Module) -> bool:
     """Whether a batch's gradient is the weighted sum of its parts' gradients: true unless the
     model has active dropout (the parts would draw from the one shared random stream, in an
-    order the scheduler picks) or a batch norm other than BatchNorm1d/2d. Those two are synced
-    across the parts (synced_batchnorm), so each part is normalised with the whole batch's
-    statistics."""
-    return not any(
-        (isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)))
-        or (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0)
-        for m in model.modules()
+    order the scheduler picks) or a batch norm that cannot be synced across the parts
+    (synced_batchnorm.can_sync: BatchNorm1d/2d can, and are then normalised with the whole
+    batch's statistics)."""
+    return all(
+        can_sync(m) and not (isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0) for m in model.modules()
     )
 
 

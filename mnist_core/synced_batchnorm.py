@@ -38,7 +38,7 @@ class SliceMeeting:
     """
 
     def __init__(self, count: int, total: int):
-        self.count, self.total = count, total  # slices; images in the whole batch
+        self.total = total  # images in the whole batch (count is the number of slices)
         self.barrier = threading.Barrier(count, timeout=MEET_TIMEOUT_S)
         self.slots: list[list[torch.Tensor | None]] = [[None] * count, [None] * count]
         self.done = [0] * count
@@ -149,13 +149,19 @@ class SyncedBatchNorm2d(SyncedBatchNorm, nn.BatchNorm2d):
 SYNCED = {nn.BatchNorm1d: SyncedBatchNorm1d, nn.BatchNorm2d: SyncedBatchNorm2d}
 
 
+def can_sync(module: nn.Module) -> bool:
+    """Whether `module` is no batch norm, or one `sync_batch_norms` handles (exactly
+    BatchNorm1d/2d, not a subclass of theirs with its own forward)."""
+    return (not isinstance(module, nn.modules.batchnorm._BatchNorm) or type(module) in SYNCED
+            or isinstance(module, SyncedBatchNorm))
+
+
 def sync_batch_norms(model: nn.Module) -> bool:
     """Make every BatchNorm1d/2d of `model` (a training copy) synced, in place; False (nothing
     changed) if it has another kind of batch norm, which slices cannot train."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if any(type(m) not in SYNCED and not isinstance(m, SyncedBatchNorm) for m in norms):
+    if not all(can_sync(m) for m in model.modules()):
         return False
-    for module in norms:
+    for module in model.modules():
         if type(module) in SYNCED:
             module.__class__ = SYNCED[type(module)]
     return True

@@ -24,7 +24,7 @@ from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, 
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
 from mnist_core.fused_step import FusedAdamStep, fused_step_for
-from mnist_core.models import Classifier, build_model, is_convolutional
+from mnist_core.models import Classifier, build_model, has_batch_norm, is_convolutional
 
 # Evaluation batch: small enough that a CNN's largest activation (500 x 16 x 28 x 28 floats,
 # 25 MB) stays under the allocator's mmap threshold (cpu_speed.keep_freed_memory), so it
@@ -260,10 +260,6 @@ class EpochTotals:
     correct: torch.Tensor
     worst: torch.Tensor  # largest batch loss since the last report (NaN propagates)
     seen: int = 0
-
-
-def has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def batch_bounds(n_train: int, batch_size: int, fold_single: bool) -> list[int]:

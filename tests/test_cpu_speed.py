@@ -93,6 +93,14 @@ def test_training_steps_reuse_freed_memory_instead_of_page_faulting():
     assert faults / 20 < 100, f"{faults / 20:.0f} page faults per step"
 
 
+def loss_for(model: nn.Module):
+    """What BatchParts.gradients calls per slice: the slice's mean loss and logits."""
+    def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(a)
+        return nn.functional.cross_entropy(logits, b), logits
+    return loss_of
+
+
 @pytest.fixture
 def two_threads(monkeypatch):
     """Two torch threads whose OpenMP waits sleep, as in the dashboard's workers."""
@@ -111,6 +119,12 @@ def test_models_without_active_dropout_split_exactly():
     assert splits_exactly(build_model("cnn-best", dropout=0.0))  # its batch norms are synced
     assert not splits_exactly(nn.Sequential(nn.Conv3d(1, 2, 1), nn.BatchNorm3d(2)))  # not synced
 
+    class OwnNorm(nn.BatchNorm2d):  # a subclass may compute something else: never synced, never sliced
+        pass
+
+    own = nn.Sequential(nn.Conv2d(1, 2, 1), OwnNorm(2))
+    assert not splits_exactly(own) and not sync_batch_norms(own) and type(own[1]) is OwnNorm
+
 
 @pytest.mark.parametrize("name", ["cnn-small", "cnn-sprint", "cnn-fast"])
 @pytest.mark.parametrize("size", [64, 37, 20])
@@ -125,14 +139,10 @@ def test_the_parts_gradient_and_batch_statistics_are_the_whole_batchs(name, size
     whole = nn.functional.cross_entropy(whole_logits, y)
     expected = torch.autograd.grad(whole, list(whole_model.parameters()))
 
-    def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(a)
-        return nn.functional.cross_entropy(logits, b), logits
-
     parts = BatchParts(3)
     try:
         with torch_threads(1):
-            loss, logits = parts.gradients(loss_of, params, x, y)
+            loss, logits = parts.gradients(loss_for(model), params, x, y)
     finally:
         parts.close()
     assert torch.allclose(loss, whole, atol=1e-6)
@@ -149,13 +159,12 @@ def test_a_slice_that_fails_releases_the_others_and_its_error_comes_back(monkeyp
     monkeypatch.setattr(synced_batchnorm, "MEET_TIMEOUT_S", 20.0)
     model = for_cpu_training(build_model("cnn-sprint"))
     sync_batch_norms(model)
-    main = threading.current_thread()
+    main, whole_slice = threading.current_thread(), loss_for(model)
 
     def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if threading.current_thread() is not main:
             raise ValueError("this slice broke")
-        logits = model(a)
-        return nn.functional.cross_entropy(logits, b), logits
+        return whole_slice(a, b)
 
     parts = BatchParts(2)
     start = time.perf_counter()
@@ -174,14 +183,10 @@ def test_one_image_with_batch_norm_is_refused_in_slices_as_it_is_whole():
         model(x)
     sync_batch_norms(model)
 
-    def loss_of(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(a)
-        return nn.functional.cross_entropy(logits, b), logits
-
     parts = BatchParts(2)
     try:
         with pytest.raises(ValueError, match="more than 1 value per channel"), torch_threads(1):
-            parts.gradients(loss_of, list(model.parameters()), x, y)
+            parts.gradients(loss_for(model), list(model.parameters()), x, y)
     finally:
         parts.close()
 
@@ -202,8 +207,8 @@ def test_a_run_in_parts_is_fixed_by_its_seed_and_learns(two_threads, name):
     session.parts.close()
     first, second = train(config, data), train(config, data)
     assert torch.get_num_threads() == 2
-    for (name, p), q in zip(first.model.state_dict().items(), second.model.state_dict().values()):
-        assert torch.equal(p, q), name
+    for (key, p), q in zip(first.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(p, q), key
     assert first.test_accuracy > 0.5
 
 

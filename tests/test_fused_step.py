@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ def net() -> nn.Module:
     return nn.Sequential(nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def trained(model: nn.Module, optimizer: torch.optim.Optimizer, update, steps: int = 12) -> list[torch.Tensor]:
+def trained(model: nn.Module, optimizer: torch.optim.Optimizer, update: Callable[[], object],
+            steps: int = 12) -> list[torch.Tensor]:
     """Weights after `steps` updates made by `update`, a one-cycle schedule moving the lr."""
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=steps)
     generator = torch.Generator().manual_seed(1)
