@@ -19,12 +19,13 @@ alone but collapsed like the default beside the busy core. A spin of 1000 sat be
 but beside a live class (8 tabs polling) its threads took the web server's time: 3.3 polls
 answered a second instead of 4.0, 0.79x of its solo speed against PASSIVE's 0.89x. A server
 always has other work, so passive it is (and since a batch of a model without active dropout
-trains as one slice per core, cpu_speed.BatchParts, such models lose little or nothing to it). With that, every core for
-the workers measured best on the 2-core machine, alone and with 8 tabs polling (cnn-small:
-3,193 and 2,134 images/s with 2 threads against 2,378 and 1,421 with 1), so the default is the
-machine's cores split between the workers (`MNIST_TRAIN_THREADS` overrides). Workers run at
-the server's priority by default: at nice 10 the first drawn step came sooner, but 8 polling
-tabs on the same machine left training 0.06x of its speed (`MNIST_TRAIN_NICE`). See the README.
+trains as one slice per core, cpu_speed.BatchParts, such models lose little or nothing to it).
+With that, every core for the workers measured best on the 2-core machine, alone and with 8
+tabs polling (cnn-small: 3,193 and 2,134 images/s with 2 threads against 2,378 and 1,421 with
+1), so the default is the machine's cores split between the workers (`MNIST_TRAIN_THREADS`
+overrides). Workers run at the server's priority by default: at nice 10 the first drawn step
+came sooner, but 8 polling tabs on the same machine left training 0.06x of its speed
+(`MNIST_TRAIN_NICE`). See the README.
 """
 
 from __future__ import annotations
