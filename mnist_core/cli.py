@@ -105,11 +105,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mnist_core.data import load_mnist
     from mnist_core.jobs import HOST, current, execute, run_id_for, submit
     from mnist_core.runs import REUSABLE
-    from mnist_core.train import import_optimizer_support
+    from mnist_core.train import import_optimizer_support, uses_optimizer_step
 
     phases = Phases(args.profile)
-    optimizer_support = import_optimizer_support()  # meanwhile, the data loads (gzip and MD5 free the GIL)
     config = config_from_args(args)
+    # meanwhile, the data loads (gzip and MD5 free the GIL)
+    optimizer_support = import_optimizer_support() if uses_optimizer_step(config) else None
     store = RunStore(args.runs_dir)
     known = current(store, run_id_for(config))
     # Data first (unless the run is cached): a claimed run must never wait on a missing file.
@@ -137,8 +138,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {event.train_accuracy:.4f}{val} "
                   f"test acc {event.test_accuracy:.4f} ({event.elapsed:.1f} s)")
 
-    optimizer_support.join()
-    phases.mark("rest of torch.optim's import of torch._dynamo (begun in the background at start)")
+    if optimizer_support is not None:
+        optimizer_support.join()
+        phases.mark("rest of torch.optim's import of torch._dynamo (begun in the background at start)")
     try:
         status = execute(store, run_id, config, data, on_step=on_step, on_epoch=on_epoch)
     except KeyboardInterrupt:

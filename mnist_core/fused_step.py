@@ -9,8 +9,13 @@ took about 0.25 ms of a ~6 ms step, more than the kernel itself.
 `FusedAdamStep` calls the same two kernels (`_foreach_add_` on the step counts, then
 `_fused_adam_` or `_fused_adamw_`) with the optimizer's own state and hyperparameters, so the
 update is bit for bit the one `optimizer.step()` makes, learning-rate schedules still act on
-`param_groups`, and the optimizer's state dict is unchanged. The first step goes through
-`optimizer.step()`, which creates the state.
+`param_groups`, and the optimizer's state dict is unchanged. The first call creates the state
+as `optimizer.step()` would (`start_state`).
+
+Neither this call nor `construct` imports `torch._dynamo`, which `optimizer.step()` and the
+optimizer's constructor import at their first use (1.1-1.3 s and 156 MB on a 2-core CPU), only to
+keep a `torch.compile` from tracing them. Nothing in this engine is compiled, so a run with Adam
+or AdamW starts without it (`train.uses_optimizer_step`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,36 @@ def applies(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
+def construct(kind: type[torch.optim.Optimizer], params, **options) -> torch.optim.Optimizer:
+    """`kind(params, **options)` without importing torch._dynamo.
+
+    `Optimizer.add_param_group` is wrapped by `torch._disable_dynamo`, which imports dynamo at
+    its first call and caches the disabled method on the plain one as `__dynamo_disable`. Caching
+    the plain method there for the construction makes the wrapper call it directly; the cache is
+    removed afterwards, so torch is left as it was. Where torch's wrapper is not what this expects,
+    or dynamo's is already cached, the optimizer is constructed as usual."""
+    plain = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if plain is None or getattr(plain, "__dynamo_disable", None) is not None:
+        return kind(params, **options)
+    setattr(plain, "__dynamo_disable", plain)
+    try:
+        return kind(params, **options)
+    finally:
+        if getattr(plain, "__dynamo_disable", None) is plain:
+            delattr(plain, "__dynamo_disable")
+
+
+def start_state(state: dict, p: torch.Tensor, group: dict) -> dict:
+    """A parameter's state before its first update, as fused Adam's `_init_group` makes it: the
+    step count a float32 scalar on the parameter's device, the moments zeros in its layout."""
+    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if group["amsgrad"]:
+        state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
+
+
 class FusedAdamStep:
     """`optimizer.step()` for a fused Adam or AdamW (see `applies`), minus its Python wrapper."""
 
@@ -46,11 +81,9 @@ class FusedAdamStep:
         groups = []
         for group in optimizer.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            states = [optimizer.state[p] for p in params]
-            if not all(states):  # a parameter's first update: let torch create its state
-                optimizer.step()
-                return
+            states = [optimizer.state[p] or start_state(optimizer.state[p], p, group) for p in params]
             groups.append((group, params, states))
+        optimizer._opt_called = True  # what an LR scheduler's wrapper of `optimizer.step()` records
         for group, params, states in groups:
             if not params:
                 continue

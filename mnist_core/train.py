@@ -23,7 +23,7 @@ from mnist_core.config import TrainConfig
 from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, torch_threads
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
-from mnist_core.fused_step import FusedAdamStep, fused_step_for
+from mnist_core.fused_step import FusedAdamStep, construct, fused_step_for
 from mnist_core.models import Classifier, build_model, has_batch_norm, is_convolutional
 
 # Evaluation batch: small enough that a CNN's largest activation (500 x 16 x 28 x 28 floats,
@@ -142,6 +142,14 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) else out
 
 
+def uses_optimizer_step(config: TrainConfig) -> bool:
+    """Whether a run of `config` calls `optimizer.step()`, whose first call imports torch._dynamo
+    (1.1-1.3 s): every optimizer but Adam and AdamW on a CPU or CUDA device, whose fused update
+    is called directly (fused_step). Decides whether `import_optimizer_support` is worth starting."""
+    device = resolve_device("auto").type if config.device == "auto" else config.device  # never raises
+    return config.optimizer not in ("adam", "adamw") or device not in ("cpu", "cuda")
+
+
 def import_optimizer_support() -> threading.Thread:
     """Start importing what torch.optim imports at its first use (torch._dynamo: 1-2 s), in a
     background thread, so a process that is about to train pays it while it loads data.
@@ -167,9 +175,9 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     lr, wd = config.lr, config.weight_decay
     fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
+        return construct(torch.optim.Adam, params, lr=lr, weight_decay=wd, **fused)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
+        return construct(torch.optim.AdamW, params, lr=lr, weight_decay=wd, **fused)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd,
                                nesterov=config.momentum > 0, **fused)
