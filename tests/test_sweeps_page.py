@@ -46,7 +46,8 @@ def test_a_sweep_launched_in_the_browser_is_explored_with_sliders():
         launch.wait_for(timeout=30_000)
         launch.click()
         page.get_by_text("Sweep launched: 4 run(s) queued").wait_for(timeout=30_000)
-        page.get_by_text("4 of 4 finished").wait_for(timeout=180_000)
+        # .first: while a rerun replaces the page's tabs, their stale copy can show the same line
+        page.get_by_text("4 of 4 finished").first.wait_for(timeout=180_000)
         wait_until_idle(page, server)
         store = RunStore(server.runs_dir)
         (sweep,) = store.list_sweeps()
