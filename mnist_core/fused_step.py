@@ -78,15 +78,12 @@ class FusedAdamStep:
     @torch.no_grad()
     def __call__(self) -> None:
         optimizer = self.optimizer
-        groups = []
+        optimizer._opt_called = True  # what an LR scheduler's wrapper of `optimizer.step()` records
         for group in optimizer.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            states = [optimizer.state[p] or start_state(optimizer.state[p], p, group) for p in params]
-            groups.append((group, params, states))
-        optimizer._opt_called = True  # what an LR scheduler's wrapper of `optimizer.step()` records
-        for group, params, states in groups:
             if not params:
                 continue
+            states = [optimizer.state[p] or start_state(optimizer.state[p], p, group) for p in params]
             steps = [s["step"] for s in states]
             beta1, beta2 = group["betas"]
             kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_

@@ -142,12 +142,17 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) else out
 
 
+# Devices with torch.optim's fused kernels (one pass over all weights), which make_optimizer asks for.
+FUSED_DEVICES = ("cpu", "cuda")
+DIRECT_OPTIMIZERS = ("adam", "adamw")  # fused, their update is called directly (fused_step)
+
+
 def uses_optimizer_step(config: TrainConfig) -> bool:
     """Whether a run of `config` calls `optimizer.step()`, whose first call imports torch._dynamo
-    (1.1-1.3 s): every optimizer but Adam and AdamW on a CPU or CUDA device, whose fused update
-    is called directly (fused_step). Decides whether `import_optimizer_support` is worth starting."""
+    (1.1-1.3 s): every run but Adam's and AdamW's on a fused device. Decides whether
+    `import_optimizer_support` is worth starting."""
     device = resolve_device("auto").type if config.device == "auto" else config.device  # never raises
-    return config.optimizer not in ("adam", "adamw") or device not in ("cpu", "cuda")
+    return config.optimizer not in DIRECT_OPTIMIZERS or device not in FUSED_DEVICES
 
 
 def import_optimizer_support() -> threading.Thread:
@@ -173,7 +178,7 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     AdamW's kernel is then called directly (fused_step.FusedAdamStep).
     """
     lr, wd = config.lr, config.weight_decay
-    fused = {"fused": True} if params and params[0].device.type in ("cpu", "cuda") else {}
+    fused = {"fused": True} if params and params[0].device.type in FUSED_DEVICES else {}
     if config.optimizer == "adam":
         return construct(torch.optim.Adam, params, lr=lr, weight_decay=wd, **fused)
     if config.optimizer == "adamw":

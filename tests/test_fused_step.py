@@ -101,14 +101,12 @@ def test_a_training_session_uses_the_direct_call_for_adam_and_step_for_sgd():
         assert all(not torch.equal(a, b) for a, b in zip(before, session.params))
 
 
-def test_construct_makes_the_optimizer_the_constructor_makes_and_leaves_torch_as_it_was():
-    plain = torch.optim.Optimizer.add_param_group.__wrapped__
+def test_construct_makes_the_optimizer_the_constructor_makes():
     for kind, options in ((torch.optim.Adam, {"lr": 0.01, "fused": True}), (torch.optim.AdamW, {"weight_decay": 0.1}),
                           (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9})):
         built, usual = construct(kind, net().parameters(), **options), kind(net().parameters(), **options)
         assert type(built) is kind and built.param_groups[0].keys() == usual.param_groups[0].keys()
         assert all(built.param_groups[0][k] == usual.param_groups[0][k] for k in usual.param_groups[0] if k != "params")
-        assert getattr(plain, "__dynamo_disable", None) is not plain
 
 
 def test_uses_optimizer_step_names_every_optimizer_but_adam_and_adamw_on_cpu_or_cuda():
@@ -121,9 +119,12 @@ def test_uses_optimizer_step_names_every_optimizer_but_adam_and_adamw_on_cpu_or_
 
 def test_runs_with_adam_or_adamw_never_import_dynamo_and_a_run_with_sgd_does():
     """In a fresh process (torch._dynamo: 1.1-1.3 s and 156 MB at its import), with every warning
-    an error: an LR scheduler warns when it steps before the optimizer has."""
+    an error: an LR scheduler warns when it steps before the optimizer has. There, `construct`
+    also shows it leaves no cache of its own on torch's method (this test process has usually
+    imported dynamo already, and then `construct` takes the usual path)."""
     code = textwrap.dedent("""
         import sys, warnings
+        import torch
         warnings.simplefilter("error")
         from mnist_core.config import TrainConfig
         from mnist_core.train import train
@@ -135,6 +136,8 @@ def test_runs_with_adam_or_adamw_never_import_dynamo_and_a_run_with_sgd_does():
                                      batch_size=64, device="cpu")
                 assert train(config, data).status == "finished"
             print(optimizer, "torch._dynamo" in sys.modules)
+            if optimizer == "adamw":
+                assert not hasattr(torch.optim.Optimizer.add_param_group.__wrapped__, "__dynamo_disable")
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                           cwd=Path(__file__).resolve().parent.parent)
