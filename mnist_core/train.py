@@ -23,7 +23,7 @@ from mnist_core.config import TrainConfig
 from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, torch_threads
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
-from mnist_core.fused_step import FusedAdamStep, construct, fused_step_for
+from mnist_core.fused_step import DirectStep, construct, fused_step_for
 from mnist_core.models import Classifier, build_model, has_batch_norm, is_convolutional
 
 # Evaluation batch: small enough that a CNN's largest activation (500 x 16 x 28 x 28 floats,
@@ -144,15 +144,18 @@ def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 # Devices with torch.optim's fused kernels (one pass over all weights), which make_optimizer asks for.
 FUSED_DEVICES = ("cpu", "cuda")
-DIRECT_OPTIMIZERS = ("adam", "adamw")  # fused, their update is called directly (fused_step)
+DIRECT_OPTIMIZERS = ("adam", "adamw", "sgd")  # fused, their update is called directly (fused_step)
 
 
 def uses_optimizer_step(config: TrainConfig) -> bool:
     """Whether a run of `config` calls `optimizer.step()`, whose first call imports torch._dynamo
-    (1.1-1.3 s): every run but Adam's and AdamW's on a fused device. Decides whether
-    `import_optimizer_support` is worth starting."""
+    (1.1-1.3 s): RMSprop's runs, and Adam's, AdamW's and SGD's on a device without their fused
+    kernels ('scratch-sgd' has no optimizer). Decides whether `import_optimizer_support` is worth
+    starting."""
+    if config.optimizer not in DIRECT_OPTIMIZERS:
+        return config.optimizer != "scratch-sgd"
     device = resolve_device("auto").type if config.device == "auto" else config.device  # never raises
-    return config.optimizer not in DIRECT_OPTIMIZERS or device not in FUSED_DEVICES
+    return device not in FUSED_DEVICES
 
 
 def import_optimizer_support() -> threading.Thread:
@@ -174,8 +177,8 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     """The chosen optimizer; None for 'scratch-sgd', whose update is written out in `scratch_sgd_step`.
 
     Adam, AdamW and SGD use their fused kernels (one pass over all weights instead of a dozen
-    small ops per tensor): about 0.5 ms a step less for cnn-small on a 2-core CPU. Adam's and
-    AdamW's kernel is then called directly (fused_step.FusedAdamStep).
+    small ops per tensor): about 0.5 ms a step less for cnn-small on a 2-core CPU. The kernel is
+    then called directly (fused_step.FusedAdamStep, FusedSGDStep).
     """
     lr, wd = config.lr, config.weight_decay
     fused = {"fused": True} if params and params[0].device.type in FUSED_DEVICES else {}
@@ -184,8 +187,8 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     if config.optimizer == "adamw":
         return construct(torch.optim.AdamW, params, lr=lr, weight_decay=wd, **fused)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd,
-                               nesterov=config.momentum > 0, **fused)
+        return construct(torch.optim.SGD, params, lr=lr, momentum=config.momentum, weight_decay=wd,
+                         nesterov=config.momentum > 0, **fused)
     if config.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
     return None
@@ -248,7 +251,7 @@ class Session:
     use_amp: bool
     bounds: list[int]  # where each batch of an epoch starts, then the split's size (batch_bounds)
     parts: BatchParts | None = None  # the batch's slices, one per core (cpu_speed.BatchParts)
-    fused_step: FusedAdamStep | None = None  # optimizer.step() without its Python wrapper, where it applies
+    fused_step: DirectStep | None = None  # optimizer.step() without its Python wrapper, where it applies
     start: float = field(default_factory=time.perf_counter)
     step: int = 0
     images_seen: int = 0

@@ -1,4 +1,4 @@
-"""The direct fused update (mnist_core/fused_step.py) is `optimizer.step()`, bit for bit."""
+"""The direct fused updates (mnist_core/fused_step.py) are `optimizer.step()`, bit for bit."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.fused_step import FusedAdamStep, applies, construct, fused_step_for
+from mnist_core.fused_step import FusedAdamStep, FusedSGDStep, applies, construct, fused_step_for
 from mnist_core.train import start_session, train_step, uses_optimizer_step
 from tests.synthetic import synthetic_mnist
 
@@ -25,9 +25,11 @@ def net() -> nn.Module:
 
 
 def trained(model: nn.Module, optimizer: torch.optim.Optimizer, update: Callable[[], object],
-            steps: int = 12) -> list[torch.Tensor]:
-    """Weights after `steps` updates made by `update`, a one-cycle schedule moving the lr."""
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=steps)
+            steps: int = 12, cycle_momentum: bool = True) -> list[torch.Tensor]:
+    """Weights after `steps` updates made by `update`, a one-cycle schedule moving the lr (and
+    Adam's first beta or SGD's momentum, unless `cycle_momentum` is False)."""
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.05, total_steps=steps,
+                                                   cycle_momentum=cycle_momentum)
     generator = torch.Generator().manual_seed(1)
     for _ in range(steps):
         x, y = torch.randn(16, 12, generator=generator), torch.randint(0, 3, (16,), generator=generator)
@@ -39,19 +41,23 @@ def trained(model: nn.Module, optimizer: torch.optim.Optimizer, update: Callable
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("kind, options", [
-    (torch.optim.Adam, {}),
-    (torch.optim.Adam, {"weight_decay": 1e-2, "amsgrad": True}),
-    (torch.optim.AdamW, {"weight_decay": 0.05}),
-    (torch.optim.Adam, {"maximize": True, "betas": (0.8, 0.99), "eps": 1e-6}),
+@pytest.mark.parametrize("kind, options, cycle_momentum", [
+    (torch.optim.Adam, {}, True),
+    (torch.optim.Adam, {"weight_decay": 1e-2, "amsgrad": True}, True),
+    (torch.optim.AdamW, {"weight_decay": 0.05}, True),
+    (torch.optim.Adam, {"maximize": True, "betas": (0.8, 0.99), "eps": 1e-6}, False),
+    (torch.optim.SGD, {}, False),  # no momentum: no state at all
+    (torch.optim.SGD, {}, True),  # one-cycle gives it momentum from the first step
+    (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}, False),
+    (torch.optim.SGD, {"momentum": 0.5, "dampening": 0.2, "maximize": True}, True),
 ])
-def test_the_direct_call_updates_exactly_as_step_does(kind, options):
+def test_the_direct_call_updates_exactly_as_step_does(kind, options, cycle_momentum):
     plain, direct = net(), net()
     by_step = kind(plain.parameters(), lr=0.01, fused=True, **options)
     by_call = kind(direct.parameters(), lr=0.01, fused=True, **options)
     assert applies(by_call)
-    expected = trained(plain, by_step, lambda: by_step.step())
-    got = trained(direct, by_call, FusedAdamStep(by_call))
+    expected = trained(plain, by_step, lambda: by_step.step(), cycle_momentum=cycle_momentum)
+    got = trained(direct, by_call, fused_step_for(by_call), cycle_momentum=cycle_momentum)
     for e, g in zip(expected, got):
         assert torch.equal(e, g)
     state_a, state_b = by_step.state_dict(), by_call.state_dict()
@@ -82,18 +88,20 @@ def test_groups_with_their_own_lr_and_a_frozen_parameter_are_updated_as_step_doe
 
 def test_other_optimizers_keep_their_own_step():
     params = list(net().parameters())
-    for optimizer in (torch.optim.Adam(params, lr=0.01), torch.optim.SGD(params, lr=0.1, fused=True),
+    for optimizer in (torch.optim.Adam(params, lr=0.01), torch.optim.SGD(params, lr=0.1),
                       torch.optim.RMSprop(params, lr=0.01),
-                      torch.optim.Adam(params, lr=torch.tensor(0.01), fused=True)):
+                      torch.optim.Adam(params, lr=torch.tensor(0.01), fused=True),
+                      torch.optim.SGD(params, lr=torch.tensor(0.1), fused=True)):
         assert not applies(optimizer) and fused_step_for(optimizer) is None
 
 
-def test_a_training_session_uses_the_direct_call_for_adam_and_step_for_sgd():
+def test_a_training_session_uses_the_direct_call_for_adam_and_sgd_and_step_for_rmsprop():
     data = synthetic_mnist()
-    adam = start_session(TrainConfig(model="mlp", optimizer="adam", val_split=0.0), data)
-    sgd = start_session(TrainConfig(model="mlp", optimizer="sgd", val_split=0.0), data)
-    assert isinstance(adam.fused_step, FusedAdamStep) and sgd.fused_step is None
-    for session in (adam, sgd):
+    adam, sgd, rmsprop = (start_session(TrainConfig(model="mlp", optimizer=name, val_split=0.0), data)
+                          for name in ("adam", "sgd", "rmsprop"))
+    assert isinstance(adam.fused_step, FusedAdamStep) and isinstance(sgd.fused_step, FusedSGDStep)
+    assert rmsprop.fused_step is None
+    for session in (adam, sgd, rmsprop):
         before = copy.deepcopy([p.detach() for p in session.params])
         xb, yb = session.splits.train_batch(torch.arange(32))
         for _ in range(2):  # the first step creates the state, the second uses it
@@ -109,15 +117,17 @@ def test_construct_makes_the_optimizer_the_constructor_makes():
         assert all(built.param_groups[0][k] == usual.param_groups[0][k] for k in usual.param_groups[0] if k != "params")
 
 
-def test_uses_optimizer_step_names_every_optimizer_but_adam_and_adamw_on_cpu_or_cuda():
+def test_uses_optimizer_step_names_rmsprop_and_the_fused_kinds_off_cpu_and_cuda():
     assert not uses_optimizer_step(TrainConfig(optimizer="adam", device="cpu"))
     assert not uses_optimizer_step(TrainConfig(optimizer="adamw", device="cuda"))
+    assert not uses_optimizer_step(TrainConfig(optimizer="sgd", device="cpu"))
     assert uses_optimizer_step(TrainConfig(optimizer="adam", device="mps"))
-    assert all(uses_optimizer_step(TrainConfig(model="linear", optimizer=name, device="cpu"))
-               for name in ("sgd", "rmsprop", "scratch-sgd"))
+    assert uses_optimizer_step(TrainConfig(optimizer="sgd", device="mps"))
+    assert uses_optimizer_step(TrainConfig(model="linear", optimizer="rmsprop", device="cpu"))
+    assert not uses_optimizer_step(TrainConfig(model="linear", optimizer="scratch-sgd", device="cpu"))
 
 
-def test_runs_with_adam_or_adamw_never_import_dynamo_and_a_run_with_sgd_does():
+def test_runs_with_adam_adamw_or_sgd_never_import_dynamo_and_a_run_with_rmsprop_does():
     """In a fresh process (torch._dynamo: 1.1-1.3 s and 156 MB at its import), with every warning
     an error: an LR scheduler warns when it steps before the optimizer has. There, `construct`
     also shows it leaves no cache of its own on torch's method (this test process has usually
@@ -130,16 +140,16 @@ def test_runs_with_adam_or_adamw_never_import_dynamo_and_a_run_with_sgd_does():
         from mnist_core.train import train
         from tests.synthetic import synthetic_mnist
         data = synthetic_mnist()
-        for optimizer in ("adam", "adamw", "sgd"):
+        for optimizer in ("adam", "adamw", "sgd", "rmsprop"):
             for schedule in ("onecycle", "step", "plateau", "none"):
                 config = TrainConfig(model="cnn-sprint", optimizer=optimizer, schedule=schedule, epochs=2,
                                      batch_size=64, device="cpu")
                 assert train(config, data).status == "finished"
             print(optimizer, "torch._dynamo" in sys.modules)
-            if optimizer == "adamw":
+            if optimizer == "sgd":
                 assert not hasattr(torch.optim.Optimizer.add_param_group.__wrapped__, "__dynamo_disable")
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["adam", "False", "adamw", "False", "sgd", "True"]
+    assert done.stdout.split() == ["adam", "False", "adamw", "False", "sgd", "False", "rmsprop", "True"]
