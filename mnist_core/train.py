@@ -20,16 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.cpu_speed import BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, torch_threads
+from mnist_core.cpu_speed import (
+    BatchParts, batch_parts_for, for_cpu_training, inference_batch, keep_freed_memory, torch_threads,
+)
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
 from mnist_core.fused_step import DirectStep, construct, fused_step_for
 from mnist_core.models import Classifier, build_model, has_batch_norm, is_convolutional
 
-# Evaluation batch: small enough that a CNN's largest activation (500 x 16 x 28 x 28 floats,
-# 25 MB) stays under the allocator's mmap threshold (cpu_speed.keep_freed_memory), so it
-# reuses freed memory instead of page-faulting in 100 MB per batch: evaluating cnn-small on
-# the test set took 0.64-0.79 s in batches of 2,000 and 0.28-0.33 s in batches of 500.
+# Evaluation batch at most: on a CPU, cpu_speed.inference_batch makes it smaller for a model
+# whose largest activation would be over ~8 MB (cnn-best: 80), so it reuses freed memory
+# instead of page-faulting. Evaluating cnn-small on the test set took 0.64-0.79 s in batches
+# of 2,000 and 0.28-0.33 s in batches of 500; cnn-best 4.9-5.9 s in batches of 500 (520,000
+# page faults) and 4.1-4.3 s in batches of 64.
 EVAL_BATCH = 500
 # Chance-level cross-entropy is ln 10 = 2.3. A batch loss above this means the weights have
 # blown up (the true digit got a probability below e^-1000); no sane run gets there.
@@ -226,8 +229,9 @@ def evaluate_loss_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
     was_training = model.training
     model.eval()
     total_loss, correct = torch.zeros((), device=y.device), torch.zeros((), device=y.device)
-    for start in range(0, len(y), EVAL_BATCH):
-        xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
+    batch = inference_batch(model, y.device, EVAL_BATCH)
+    for start in range(0, len(y), batch):
+        xb, yb = x[start : start + batch], y[start : start + batch]
         with torch.autocast(device_type=y.device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(xb)
         total_loss += F.cross_entropy(logits.float(), yb, reduction="sum")

@@ -13,9 +13,11 @@ from torch import nn
 
 from mnist_core.config import RECIPES, TrainConfig
 from mnist_core.cpu_speed import (
-    BatchParts, batch_parts_for, for_cpu_training, keep_freed_memory, pool_before_relu, splits_exactly,
-    torch_threads,
+    INFERENCE_ACTIVATION_BYTES, BatchParts, batch_parts_for, for_cpu_inference, for_cpu_training, inference_batch,
+    keep_freed_memory, largest_activation, pool_before_relu, splits_exactly, torch_threads,
 )
+from mnist_core.data import normalise
+from mnist_core.evaluate import predict_proba
 from mnist_core import synced_batchnorm
 from mnist_core.models import MODELS, build_model
 from mnist_core.synced_batchnorm import SyncedBatchNorm, sync_batch_norms
@@ -229,3 +231,41 @@ def test_dropout_spinning_waits_or_a_single_thread_train_the_batch_whole(two_thr
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     torch.set_num_threads(1)
     assert batch_parts_for(build_model("cnn-small"), cpu) is None
+
+
+def test_inference_batches_shrink_with_the_largest_activation_on_the_cpu_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    sizes = {name: largest_activation(build_model(name)) for name in ("linear", "cnn-sprint", "cnn-small", "cnn-best")}
+    assert sizes["cnn-best"] == 32 * 28 * 28 and sizes["cnn-small"] == 16 * 28 * 28 and sizes["cnn-sprint"] == 8 * 24 * 24
+    batches = {name: inference_batch(build_model(name), cpu, 2000) for name in sizes}
+    assert batches["linear"] == 2000 > batches["cnn-sprint"] > batches["cnn-small"] > batches["cnn-best"] >= 16
+    assert all(4 * sizes[name] * batches[name] <= INFERENCE_ACTIVATION_BYTES for name in sizes if name != "linear")
+    assert inference_batch(build_model("cnn-best"), cuda, 2000) == 2000  # the device is only compared, never used
+
+
+def test_scoring_many_images_uses_a_channels_last_copy_and_gives_the_plain_forwards_probabilities():
+    torch.manual_seed(0)
+    model = build_model("cnn-fast")  # batch norm: its running statistics must come through the copy
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    images = synthetic_mnist(n_train=10, n_test=300).test_images
+    before = copy.deepcopy(model.state_dict())
+    fast = for_cpu_inference(model)
+    assert fast is not model and next(fast.parameters()).is_contiguous(memory_format=torch.channels_last)
+    assert for_cpu_inference(fast) is fast and for_cpu_inference(build_model("mlp")) is not None
+    probabilities = predict_proba(model, images)
+    with torch.inference_mode():
+        plain = torch.softmax(model.eval()(normalise(images)), dim=1)
+    assert torch.allclose(probabilities, plain, atol=1e-5) and torch.equal(probabilities.argmax(1), plain.argmax(1))
+    state = model.state_dict()  # the caller's model is as it was: layout (safetensors saves it) and values
+    assert all(state[k].is_contiguous() and torch.equal(state[k], before[k]) for k in before)
+
+
+def test_scoring_many_images_goes_in_batches_the_size_of_inference_batch():
+    model, sizes = build_model("cnn-best"), []
+    batch = inference_batch(model, torch.device("cpu"), 2000)
+    model.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))  # the copy keeps it
+    predict_proba(model, synthetic_mnist(n_train=10, n_test=200).test_images)
+    assert batch < 100 and sizes[0] == 1 and sizes[1:] == [batch, batch, 200 - 2 * batch]  # sizes[0]: the measuring pass
