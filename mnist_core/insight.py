@@ -19,6 +19,7 @@ from torch import nn
 from mnist_core import access
 from mnist_core.access import Person
 from mnist_core.config import Limits
+from mnist_core.cpu_speed import for_cpu_inference, inference_batch
 from mnist_core.data import normalise
 from mnist_core.models import Classifier
 from mnist_core.runs import RunStore, RunStoreError
@@ -180,11 +181,13 @@ def subset_indices(count: int, n: int = EMBED_N, seed: int = EMBED_SEED) -> np.n
 
 @torch.no_grad()
 def penultimate(model: Classifier, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """`model.features` vectors (N x D) and predicted digits (N) for uint8 Nx28x28 images."""
-    model.eval()
+    """`model.features` vectors (N x D) and predicted digits (N) for uint8 Nx28x28 images, in
+    CPU-sized batches (cpu_speed.inference_batch)."""
+    model = for_cpu_inference(model.eval())
+    batch = inference_batch(model, next(model.parameters()).device, FEATURE_BATCH)
     vectors, predictions = [], []
-    for start in range(0, len(images), FEATURE_BATCH):
-        feats = model.features(normalise(images[start : start + FEATURE_BATCH]))
+    for start in range(0, len(images), batch):
+        feats = model.features(normalise(images[start : start + batch]))
         vectors.append(feats.to(torch.float32))
         predictions.append(model.head(feats).argmax(1))
     return torch.cat(vectors).numpy(), torch.cat(predictions).numpy()
