@@ -1,4 +1,5 @@
-"""Adam's, AdamW's and SGD's fused updates, called directly instead of through `optimizer.step()`.
+"""Adam's, AdamW's and SGD's fused updates, and RMSprop's, called directly instead of through
+`optimizer.step()`.
 
 `torch.optim.Adam.step()` with `fused=True` ends in one kernel over all weights, but reaches it
 through Python that runs on every call: a grad-mode switch with two dynamo graph breaks, a
@@ -9,47 +10,52 @@ took about 0.25 ms of a ~6 ms step, more than the kernel itself. Fused SGD's wra
 step (linear trains 1.26x faster without it).
 
 `FusedAdamStep` calls the same two kernels (`_foreach_add_` on the step counts, then
-`_fused_adam_` or `_fused_adamw_`) with the optimizer's own state and hyperparameters, and
-`FusedSGDStep` calls `_fused_sgd_` as `torch.optim.SGD` does, so the update is bit for bit the one
-`optimizer.step()` makes, learning-rate schedules (one-cycle's momentum too) still act on
-`param_groups`, and the optimizer's state dict is unchanged. The first call creates the state as
-`optimizer.step()` would (`start_state`, SGD's first momentum buffers).
+`_fused_adam_` or `_fused_adamw_`) with the optimizer's own state and hyperparameters,
+`FusedSGDStep` calls `_fused_sgd_` as `torch.optim.SGD` does, and `RMSpropStep` calls the
+functional `torch.optim.rmsprop.rmsprop` that `RMSprop.step()` calls (RMSprop has no fused
+kernel). So the update is bit for bit the one `optimizer.step()` makes, learning-rate schedules
+(one-cycle's momentum too) still act on `param_groups`, and the optimizer's state dict is
+unchanged. The first call creates the state as `optimizer.step()` would.
 
 Neither these calls nor `construct` import `torch._dynamo`, which `optimizer.step()` and the
 optimizer's constructor import at their first use (1.1-1.3 s and 156 MB on a 2-core CPU), only to
-keep a `torch.compile` from tracing them. Nothing in this engine is compiled, so a run with Adam,
-AdamW or SGD starts without it (`train.uses_optimizer_step`).
+keep a `torch.compile` from tracing them. Nothing in this engine is compiled, so a run with any
+of these optimizers starts without it (`train.uses_optimizer_step`).
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def kernel_name(optimizer: torch.optim.Optimizer) -> str | None:
-    """The fused kernel a direct call would use for `optimizer`'s kind (AdamW is an Adam)."""
-    if isinstance(optimizer, torch.optim.Adam):
-        return "_fused_adam_"
-    if isinstance(optimizer, torch.optim.SGD):
-        return "_fused_sgd_"
-    return None
+try:  # RMSprop.step()'s own update, public as torch.optim's functional API
+    from torch.optim.rmsprop import rmsprop as functional_rmsprop
+except ImportError:  # pragma: no cover  (a torch without it: RMSprop keeps optimizer.step())
+    functional_rmsprop = None
 
 
-def applies(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether every group is a fused, plain (not capturable, not differentiable, float learning
-    rate) Adam, AdamW or SGD group over floating-point tensors of one device and dtype, with no
-    gradient scaler attached: what the direct call covers."""
-    kernel = kernel_name(optimizer)
-    if kernel is None or not hasattr(torch, kernel):
-        return False
+def plain_groups(optimizer: torch.optim.Optimizer) -> bool:
+    """Every group's learning rate a float and the group neither capturable nor differentiable,
+    over real floating-point tensors of one device and dtype, with no gradient scaler attached."""
     if getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None:
         return False
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    return bool(params) and len({(p.device, p.dtype) for p in params}) == 1 and params[0].is_floating_point() and all(
-        group["fused"] and not group.get("capturable", False) and not group["differentiable"]
-        and not isinstance(group["lr"], torch.Tensor)
-        for group in optimizer.param_groups
+    return (
+        bool(params) and len({(p.device, p.dtype) for p in params}) == 1
+        and params[0].is_floating_point()
+        and all(not group.get("capturable", False) and not group["differentiable"]
+                and not isinstance(group["lr"], torch.Tensor) for group in optimizer.param_groups)
     )
+
+
+def applies(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether a direct call covers `optimizer`: a fused Adam, AdamW or SGD, or an RMSprop, each
+    with plain groups (see `plain_groups`)."""
+    if isinstance(optimizer, torch.optim.RMSprop):
+        return functional_rmsprop is not None and plain_groups(optimizer)
+    kernel = ("_fused_adam_" if isinstance(optimizer, torch.optim.Adam)
+              else "_fused_sgd_" if isinstance(optimizer, torch.optim.SGD) else None)
+    return (kernel is not None and hasattr(torch, kernel) and plain_groups(optimizer)
+            and all(group["fused"] for group in optimizer.param_groups))
 
 
 def construct(kind: type[torch.optim.Optimizer], params, **options) -> torch.optim.Optimizer:
@@ -71,7 +77,7 @@ def construct(kind: type[torch.optim.Optimizer], params, **options) -> torch.opt
             delattr(plain, "__dynamo_disable")
 
 
-def start_state(state: dict, p: torch.Tensor, group: dict) -> dict:
+def start_adam_state(state: dict, p: torch.Tensor, group: dict) -> dict:
     """A parameter's state before its first update, as fused Adam's `_init_group` makes it: the
     step count a float32 scalar on the parameter's device, the moments zeros in its layout."""
     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
@@ -106,7 +112,7 @@ class FusedAdamStep(DirectStep):
 
     def update(self, group: dict, params: list[torch.Tensor]) -> None:
         state = self.optimizer.state
-        states = [state[p] or start_state(state[p], p, group) for p in params]
+        states = [state[p] or start_adam_state(state[p], p, group) for p in params]
         steps = [s["step"] for s in states]
         beta1, beta2 = group["betas"]
         kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
@@ -144,8 +150,40 @@ class FusedSGDStep(DirectStep):
         )
 
 
+class RMSpropStep(DirectStep):
+    """An RMSprop's step (see `applies`): its `_init_group` and the functional `rmsprop` it calls."""
+
+    def update(self, group: dict, params: list[torch.Tensor]) -> None:
+        state = self.optimizer.state
+        states = [state[p] or start_rmsprop_state(state[p], p, group) for p in params]
+        functional_rmsprop(
+            params, [p.grad for p in params], [s["square_avg"] for s in states],
+            [s["grad_avg"] for s in states] if group["centered"] else [],
+            [s["momentum_buffer"] for s in states] if group["momentum"] > 0 else [],
+            [s["step"] for s in states], foreach=group["foreach"], maximize=group["maximize"],
+            differentiable=False, capturable=False, has_complex=False, lr=group["lr"],
+            alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+            momentum=group["momentum"], centered=group["centered"],
+        )
+
+
+def start_rmsprop_state(state: dict, p: torch.Tensor, group: dict) -> dict:
+    """A parameter's state before its first update, as RMSprop's `_init_group` makes it (not
+    capturable: the step count a CPU scalar of the default float type)."""
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    state["step"] = torch.zeros((), dtype=scalar)
+    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if group["momentum"] > 0:
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if group["centered"]:
+        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
+
+
 def fused_step_for(optimizer: torch.optim.Optimizer | None) -> DirectStep | None:
     """The direct call for `optimizer` where it applies; None where `optimizer.step()` must run."""
     if optimizer is None or not applies(optimizer):
         return None
+    if isinstance(optimizer, torch.optim.RMSprop):
+        return RMSpropStep(optimizer)
     return FusedSGDStep(optimizer) if isinstance(optimizer, torch.optim.SGD) else FusedAdamStep(optimizer)

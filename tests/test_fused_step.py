@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.fused_step import FusedAdamStep, FusedSGDStep, applies, construct, fused_step_for
+from mnist_core.fused_step import FusedAdamStep, FusedSGDStep, RMSpropStep, applies, construct, fused_step_for
 from mnist_core.train import start_session, train_step, uses_optimizer_step
 from tests.synthetic import synthetic_mnist
 
@@ -50,11 +50,16 @@ def trained(model: nn.Module, optimizer: torch.optim.Optimizer, update: Callable
     (torch.optim.SGD, {}, True),  # one-cycle gives it momentum from the first step
     (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}, False),
     (torch.optim.SGD, {"momentum": 0.5, "dampening": 0.2, "maximize": True}, True),
+    (torch.optim.RMSprop, {}, False),
+    (torch.optim.RMSprop, {}, True),  # one-cycle gives it momentum from the first step
+    (torch.optim.RMSprop, {"centered": True, "momentum": 0.5, "weight_decay": 1e-3}, False),
+    (torch.optim.RMSprop, {"alpha": 0.9, "eps": 1e-6, "maximize": True, "foreach": True}, True),
 ])
 def test_the_direct_call_updates_exactly_as_step_does(kind, options, cycle_momentum):
     plain, direct = net(), net()
-    by_step = kind(plain.parameters(), lr=0.01, fused=True, **options)
-    by_call = kind(direct.parameters(), lr=0.01, fused=True, **options)
+    fused = {} if kind is torch.optim.RMSprop else {"fused": True}  # RMSprop has no fused kernel
+    by_step = kind(plain.parameters(), lr=0.01, **fused, **options)
+    by_call = kind(direct.parameters(), lr=0.01, **fused, **options)
     assert applies(by_call)
     expected = trained(plain, by_step, lambda: by_step.step(), cycle_momentum=cycle_momentum)
     got = trained(direct, by_call, fused_step_for(by_call), cycle_momentum=cycle_momentum)
@@ -89,18 +94,19 @@ def test_groups_with_their_own_lr_and_a_frozen_parameter_are_updated_as_step_doe
 def test_other_optimizers_keep_their_own_step():
     params = list(net().parameters())
     for optimizer in (torch.optim.Adam(params, lr=0.01), torch.optim.SGD(params, lr=0.1),
-                      torch.optim.RMSprop(params, lr=0.01),
+                      torch.optim.RMSprop(params, lr=0.01, differentiable=True),
                       torch.optim.Adam(params, lr=torch.tensor(0.01), fused=True),
-                      torch.optim.SGD(params, lr=torch.tensor(0.1), fused=True)):
+                      torch.optim.SGD(params, lr=torch.tensor(0.1), fused=True),
+                      torch.optim.RMSprop(params, lr=torch.tensor(0.01)), torch.optim.Adagrad(params)):
         assert not applies(optimizer) and fused_step_for(optimizer) is None
 
 
-def test_a_training_session_uses_the_direct_call_for_adam_and_sgd_and_step_for_rmsprop():
+def test_a_training_session_uses_the_direct_call_for_every_optimizer():
     data = synthetic_mnist()
     adam, sgd, rmsprop = (start_session(TrainConfig(model="mlp", optimizer=name, val_split=0.0), data)
                           for name in ("adam", "sgd", "rmsprop"))
     assert isinstance(adam.fused_step, FusedAdamStep) and isinstance(sgd.fused_step, FusedSGDStep)
-    assert rmsprop.fused_step is None
+    assert isinstance(rmsprop.fused_step, RMSpropStep)
     for session in (adam, sgd, rmsprop):
         before = copy.deepcopy([p.detach() for p in session.params])
         xb, yb = session.splits.train_batch(torch.arange(32))
@@ -117,39 +123,48 @@ def test_construct_makes_the_optimizer_the_constructor_makes():
         assert all(built.param_groups[0][k] == usual.param_groups[0][k] for k in usual.param_groups[0] if k != "params")
 
 
-def test_uses_optimizer_step_names_rmsprop_and_the_fused_kinds_off_cpu_and_cuda():
+def test_uses_optimizer_step_names_only_the_fused_kinds_off_cpu_and_cuda():
     assert not uses_optimizer_step(TrainConfig(optimizer="adam", device="cpu"))
     assert not uses_optimizer_step(TrainConfig(optimizer="adamw", device="cuda"))
     assert not uses_optimizer_step(TrainConfig(optimizer="sgd", device="cpu"))
     assert uses_optimizer_step(TrainConfig(optimizer="adam", device="mps"))
     assert uses_optimizer_step(TrainConfig(optimizer="sgd", device="mps"))
-    assert uses_optimizer_step(TrainConfig(model="linear", optimizer="rmsprop", device="cpu"))
+    assert not uses_optimizer_step(TrainConfig(model="linear", optimizer="rmsprop", device="mps"))
     assert not uses_optimizer_step(TrainConfig(model="linear", optimizer="scratch-sgd", device="cpu"))
 
 
-def test_runs_with_adam_adamw_or_sgd_never_import_dynamo_and_a_run_with_rmsprop_does():
+def test_workers_and_runs_with_any_optimizer_never_import_dynamo_and_optimizer_step_does():
     """In a fresh process (torch._dynamo: 1.1-1.3 s and 156 MB at its import), with every warning
-    an error: an LR scheduler warns when it steps before the optimizer has. There, `construct`
+    an error: an LR scheduler warns when it steps before the optimizer has. A dashboard worker's
+    warm-up runs first. There, `construct`
     also shows it leaves no cache of its own on torch's method (this test process has usually
-    imported dynamo already, and then `construct` takes the usual path)."""
+    imported dynamo already, and then `construct` takes the usual path). Last, one
+    `optimizer.step()` shows the check sees dynamo when it comes in."""
     code = textwrap.dedent("""
         import sys, warnings
         import torch
         warnings.simplefilter("error")
         from mnist_core.config import TrainConfig
         from mnist_core.train import train
+        from mnist_core.workers import warm_up
         from tests.synthetic import synthetic_mnist
+        warm_up()  # what every dashboard worker runs first: each model and optimizer once
+        print("warm_up", "torch._dynamo" in sys.modules)
         data = synthetic_mnist()
-        for optimizer in ("adam", "adamw", "sgd", "rmsprop"):
+        for optimizer in ("adam", "adamw", "sgd", "rmsprop", "scratch-sgd"):
             for schedule in ("onecycle", "step", "plateau", "none"):
-                config = TrainConfig(model="cnn-sprint", optimizer=optimizer, schedule=schedule, epochs=2,
-                                     batch_size=64, device="cpu")
+                config = TrainConfig(model="mlp" if optimizer == "scratch-sgd" else "cnn-sprint",
+                                     optimizer=optimizer, schedule=schedule, epochs=2, batch_size=64, device="cpu")
                 assert train(config, data).status == "finished"
             print(optimizer, "torch._dynamo" in sys.modules)
-            if optimizer == "sgd":
-                assert not hasattr(torch.optim.Optimizer.add_param_group.__wrapped__, "__dynamo_disable")
+        assert not hasattr(torch.optim.Optimizer.add_param_group.__wrapped__, "__dynamo_disable")
+        weight = torch.nn.Parameter(torch.ones(3))
+        weight.grad = torch.ones(3)
+        torch.optim.RMSprop([weight]).step()
+        print("step", "torch._dynamo" in sys.modules)
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["adam", "False", "adamw", "False", "sgd", "False", "rmsprop", "True"]
+    assert done.stdout.split() == ["warm_up", "False", "adam", "False", "adamw", "False", "sgd", "False",
+                                   "rmsprop", "False", "scratch-sgd", "False", "step", "True"]
