@@ -25,6 +25,8 @@ of these optimizers starts without it (`train.uses_optimizer_step`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 try:  # RMSprop.step()'s own update, public as torch.optim's functional API
@@ -52,9 +54,13 @@ def applies(optimizer: torch.optim.Optimizer) -> bool:
     with plain groups (see `plain_groups`)."""
     if isinstance(optimizer, torch.optim.RMSprop):
         return functional_rmsprop is not None and plain_groups(optimizer)
-    kernel = ("_fused_adam_" if isinstance(optimizer, torch.optim.Adam)
-              else "_fused_sgd_" if isinstance(optimizer, torch.optim.SGD) else None)
-    return (kernel is not None and hasattr(torch, kernel) and plain_groups(optimizer)
+    if isinstance(optimizer, torch.optim.Adam):
+        kernel = "_fused_adam_"
+    elif isinstance(optimizer, torch.optim.SGD):
+        kernel = "_fused_sgd_"
+    else:
+        return False
+    return (hasattr(torch, kernel) and plain_groups(optimizer)
             and all(group["fused"] for group in optimizer.param_groups))
 
 
@@ -85,6 +91,19 @@ def start_adam_state(state: dict, p: torch.Tensor, group: dict) -> dict:
     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     if group["amsgrad"]:
         state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state
+
+
+def start_rmsprop_state(state: dict, p: torch.Tensor, group: dict) -> dict:
+    """A parameter's state before its first update, as RMSprop's `_init_group` makes it (not
+    capturable: the step count a CPU scalar of the default float type)."""
+    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+    state["step"] = torch.zeros((), dtype=scalar)
+    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if group["momentum"] > 0:
+        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    if group["centered"]:
+        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     return state
 
 
@@ -167,23 +186,16 @@ class RMSpropStep(DirectStep):
         )
 
 
-def start_rmsprop_state(state: dict, p: torch.Tensor, group: dict) -> dict:
-    """A parameter's state before its first update, as RMSprop's `_init_group` makes it (not
-    capturable: the step count a CPU scalar of the default float type)."""
-    scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-    state["step"] = torch.zeros((), dtype=scalar)
-    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    if group["momentum"] > 0:
-        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    if group["centered"]:
-        state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    return state
-
-
-def fused_step_for(optimizer: torch.optim.Optimizer | None) -> DirectStep | None:
+def direct_step_for(optimizer: torch.optim.Optimizer | None) -> DirectStep | None:
     """The direct call for `optimizer` where it applies; None where `optimizer.step()` must run."""
     if optimizer is None or not applies(optimizer):
         return None
     if isinstance(optimizer, torch.optim.RMSprop):
         return RMSpropStep(optimizer)
     return FusedSGDStep(optimizer) if isinstance(optimizer, torch.optim.SGD) else FusedAdamStep(optimizer)
+
+
+def update_for(optimizer: torch.optim.Optimizer) -> Callable[[], object]:
+    """How training applies `optimizer`'s update: the direct call where it applies, else
+    `optimizer.step`. Training and a worker's warm-up both go through here."""
+    return direct_step_for(optimizer) or optimizer.step

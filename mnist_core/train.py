@@ -25,11 +25,11 @@ from mnist_core.cpu_speed import (
 )
 from mnist_core.data import Mnist, normalise
 from mnist_core.device import resolve_device, use_bf16
-from mnist_core.fused_step import DirectStep, construct, fused_step_for
+from mnist_core.fused_step import construct, update_for
 from mnist_core.models import Classifier, build_model, has_batch_norm, is_convolutional
 
 # Evaluation batch at most: on a CPU, cpu_speed.inference_batch makes it smaller for a model
-# whose largest activation would be over ~8 MB (cnn-best: 80), so it reuses freed memory
+# whose largest activation would be over ~8 MB (cnn-best: 83), so it reuses freed memory
 # instead of page-faulting. Evaluating cnn-small on the test set took 0.64-0.79 s in batches
 # of 2,000 and 0.28-0.33 s in batches of 500; cnn-best 4.9-5.9 s in batches of 500 (520,000
 # page faults) and 4.1-4.3 s in batches of 64.
@@ -256,7 +256,8 @@ class Session:
     use_amp: bool
     bounds: list[int]  # where each batch of an epoch starts, then the split's size (batch_bounds)
     parts: BatchParts | None = None  # the batch's slices, one per core (cpu_speed.BatchParts)
-    fused_step: DirectStep | None = None  # optimizer.step() without its Python wrapper, where it applies
+    # the optimizer's update (fused_step.update_for: a direct call where one applies); None for scratch-sgd
+    update: Callable[[], object] | None = None
     start: float = field(default_factory=time.perf_counter)
     step: int = 0
     images_seen: int = 0
@@ -313,7 +314,7 @@ def start_session(config: TrainConfig, data: Mnist) -> Session:
         scheduler=make_scheduler(config, optimizer, len(bounds) - 1),
         generator=torch.Generator().manual_seed(config.seed),
         use_amp=use_bf16(config.precision, device, is_convolutional(model)), bounds=bounds,
-        parts=batch_parts_for(model, device), fused_step=fused_step_for(optimizer),
+        parts=batch_parts_for(model, device), update=update_for(optimizer) if optimizer is not None else None,
     )
 
 
@@ -348,10 +349,8 @@ def train_step(session: Session, xb: torch.Tensor, yb: torch.Tensor) -> tuple[to
         for p in session.params:  # what zero_grad(set_to_none=True) does, without its wrapper
             p.grad = None
         loss.backward()
-    if session.fused_step is not None:
-        session.fused_step()
-    elif session.optimizer is not None:
-        session.optimizer.step()
+    if session.update is not None:
+        session.update()
     else:
         scratch_sgd_step(session.params, config.lr, config.weight_decay)
     advance_schedule(session, epoch_ended=False)

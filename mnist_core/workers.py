@@ -177,16 +177,16 @@ def local_mnist():
 
 def warm_up() -> None:
     """Run every model and optimizer once on a tiny batch, so a visitor's first run pays none
-    of torch's first-use costs. Each optimizer updates as training updates it, directly
-    (fused_step), so the worker never imports torch._dynamo (1.1-1.3 s and 156 MB), which only
-    `optimizer.step()` would."""
+    of torch's first-use costs. Each optimizer updates as training updates it
+    (fused_step.update_for), so the worker never imports torch._dynamo (1.1-1.3 s and 156 MB),
+    which only `optimizer.step()` would."""
     import torch
     import torch.nn.functional as F
 
     import mnist_core.evaluate  # noqa: F401  (scikit-learn's import, once)
     from mnist_core.config import OPTIMIZERS, TrainConfig
+    from mnist_core.fused_step import update_for
     from mnist_core.models import MODELS, build_model, is_convolutional
-    from mnist_core.fused_step import fused_step_for
     from mnist_core.train import make_optimizer, make_scheduler
 
     x, y = torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
@@ -203,11 +203,8 @@ def warm_up() -> None:
             optimizer = make_optimizer(config, list(model.parameters()))
             make_scheduler(config, optimizer, 10)
             F.cross_entropy(model(x_in), y).backward()
-            direct = fused_step_for(optimizer)
-            if direct is not None:
-                direct()
-            elif optimizer is not None:
-                optimizer.step()
+            if optimizer is not None:
+                update_for(optimizer)()
             model.zero_grad(set_to_none=True)
         with torch.inference_mode():
             model.eval()(x_in)

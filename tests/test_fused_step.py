@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mnist_core.config import TrainConfig
-from mnist_core.fused_step import FusedAdamStep, FusedSGDStep, RMSpropStep, applies, construct, fused_step_for
+from mnist_core.fused_step import FusedAdamStep, FusedSGDStep, RMSpropStep, applies, construct, direct_step_for, update_for
 from mnist_core.train import start_session, train_step, uses_optimizer_step
 from tests.synthetic import synthetic_mnist
 
@@ -62,7 +62,8 @@ def test_the_direct_call_updates_exactly_as_step_does(kind, options, cycle_momen
     by_call = kind(direct.parameters(), lr=0.01, **fused, **options)
     assert applies(by_call)
     expected = trained(plain, by_step, lambda: by_step.step(), cycle_momentum=cycle_momentum)
-    got = trained(direct, by_call, fused_step_for(by_call), cycle_momentum=cycle_momentum)
+    got = trained(direct, by_call, update_for(by_call), cycle_momentum=cycle_momentum)
+    assert update_for(by_call) != by_call.step  # the direct call, not step() under another name
     for e, g in zip(expected, got):
         assert torch.equal(e, g)
     state_a, state_b = by_step.state_dict(), by_call.state_dict()
@@ -98,15 +99,15 @@ def test_other_optimizers_keep_their_own_step():
                       torch.optim.Adam(params, lr=torch.tensor(0.01), fused=True),
                       torch.optim.SGD(params, lr=torch.tensor(0.1), fused=True),
                       torch.optim.RMSprop(params, lr=torch.tensor(0.01)), torch.optim.Adagrad(params)):
-        assert not applies(optimizer) and fused_step_for(optimizer) is None
+        assert not applies(optimizer) and direct_step_for(optimizer) is None and update_for(optimizer) == optimizer.step
 
 
 def test_a_training_session_uses_the_direct_call_for_every_optimizer():
     data = synthetic_mnist()
     adam, sgd, rmsprop = (start_session(TrainConfig(model="mlp", optimizer=name, val_split=0.0), data)
                           for name in ("adam", "sgd", "rmsprop"))
-    assert isinstance(adam.fused_step, FusedAdamStep) and isinstance(sgd.fused_step, FusedSGDStep)
-    assert isinstance(rmsprop.fused_step, RMSpropStep)
+    assert isinstance(adam.update, FusedAdamStep) and isinstance(sgd.update, FusedSGDStep)
+    assert isinstance(rmsprop.update, RMSpropStep)
     for session in (adam, sgd, rmsprop):
         before = copy.deepcopy([p.detach() for p in session.params])
         xb, yb = session.splits.train_batch(torch.arange(32))
@@ -136,10 +137,9 @@ def test_uses_optimizer_step_names_only_the_fused_kinds_off_cpu_and_cuda():
 def test_workers_and_runs_with_any_optimizer_never_import_dynamo_and_optimizer_step_does():
     """In a fresh process (torch._dynamo: 1.1-1.3 s and 156 MB at its import), with every warning
     an error: an LR scheduler warns when it steps before the optimizer has. A dashboard worker's
-    warm-up runs first. There, `construct`
-    also shows it leaves no cache of its own on torch's method (this test process has usually
-    imported dynamo already, and then `construct` takes the usual path). Last, one
-    `optimizer.step()` shows the check sees dynamo when it comes in."""
+    warm-up runs first. There, `construct` also shows it leaves no cache of its own on torch's
+    method (this test process has usually imported dynamo already, and then `construct` takes
+    the usual path). Last, one `optimizer.step()` shows the check sees dynamo when it comes in."""
     code = textwrap.dedent("""
         import sys, warnings
         import torch
