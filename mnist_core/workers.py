@@ -185,6 +185,7 @@ def warm_up() -> None:
 
     import mnist_core.evaluate  # noqa: F401  (scikit-learn's import, once)
     from mnist_core.config import OPTIMIZERS, TrainConfig
+    from mnist_core.cpu_speed import for_cpu_training
     from mnist_core.fused_step import update_for
     from mnist_core.models import MODELS, build_model, is_convolutional
     from mnist_core.train import make_optimizer, make_scheduler
@@ -192,8 +193,8 @@ def warm_up() -> None:
     x, y = torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
     for name in MODELS:
         model = build_model(name)
-        if is_convolutional(model):
-            model = model.to(memory_format=torch.channels_last)
+        if is_convolutional(model):  # as start_session lays it out (and the compiled first layer is built now)
+            model = for_cpu_training(model).to(memory_format=torch.channels_last)
             x_in = x.contiguous(memory_format=torch.channels_last)
         else:
             x_in = x

@@ -1,0 +1,162 @@
+"""A network's first layer on the CPU as one compiled kernel: a one-channel convolution, 2x2
+max-pooling and ReLU, forward and backward (kernels/conv_pool.c).
+
+Why: in cnn-small's training step this first trio was a third of the time, and almost all of
+it was memory, not arithmetic. oneDNN writes the batch's full-size feature map (3.2 MB at
+batch 64), max-pooling reads it back, and its backward zero-fills a map as large again for the
+one-channel convolution's weight gradient to read. The kernel goes one image at a time, so the
+full-size map never leaves a core's cache: profiled in a real step (2 cores held to AVX2 fp32),
+the trio's forward and backward went from ~3 ms to ~1.2 ms.
+
+The kernel is C, compiled once per machine with the system's C compiler (kernel_build) and
+loaded with ctypes. It runs its loops on OpenMP, which in torch's process is torch's own
+runtime, so it shares torch's threads instead of fighting them (a numba kernel tried earlier
+lost its gain to torch's spinning threads holding the second core). Where there is
+no compiler, or for a case the kernel does not cover (a gradient for the input, autocast, a
+shape over its limits), the layer runs as torch's three ops: the same values up to float
+rounding (the kernel adds a pixel's nine products in its own order).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_core import kernel_build
+from mnist_core.kernel_build import compile_flags
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "library" (ctypes.CDLL or None) and "status" once loading was tried
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use (about half a second); None, with the reason in
+    `status()`, where it cannot be built. Tried once per process."""
+    with _lock:
+        if "status" in _state:
+            return _state["library"]  # type: ignore[return-value]
+        library, status = None, ""
+        if os.environ.get("MNIST_FUSED_KERNEL", "1").strip() == "0":
+            status = "off (MNIST_FUSED_KERNEL=0)"
+        else:
+            try:
+                library = ctypes.CDLL(str(kernel_build.library_path()))
+                pointer, size = ctypes.c_void_p, ctypes.c_int
+                library.conv_pool_forward.argtypes = [pointer] * 5 + [size] * 7
+                library.conv_pool_forward.restype = None
+                library.conv_pool_backward.argtypes = [pointer] * 5 + [size] * 7
+                library.conv_pool_backward.restype = ctypes.c_int
+                status = f"on, {' '.join(f for f in compile_flags() if f.startswith('-march')) or 'generic build'}"
+            except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError) as error:
+                library, status = None, f"off ({error})"
+        _state["library"], _state["status"] = library, status
+        return library
+
+
+def status() -> str:
+    """'on, -march=...' or 'off (why)': for the bench's header and the CLI's profile."""
+    load()
+    return str(_state["status"])
+
+
+MAX_CHANNELS, MAX_SIDE, MAX_KERNEL = 64, 40, 7  # what kernels/conv_pool.c's conv_pool_limits says
+
+
+def covers(conv: nn.Conv2d, pool: nn.Module) -> bool:
+    """Whether the kernel computes this convolution followed by this pooling: one input
+    channel, a multiple of 8 output channels up to 64, a square kernel up to 7, stride and
+    dilation 1, zero padding; a plain 2x2 max-pool."""
+    k = conv.kernel_size[0]
+    padding = conv.padding
+    return (
+        conv.in_channels == 1 and conv.groups == 1 and conv.out_channels % 8 == 0
+        and conv.out_channels <= MAX_CHANNELS and conv.kernel_size == (k, k) and k <= MAX_KERNEL
+        and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+        and isinstance(padding, tuple) and padding[0] == padding[1]
+        and isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2))
+        and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
+        and not pool.ceil_mode and not pool.return_indices
+    )
+
+
+class ConvPoolReLUFunction(torch.autograd.Function):
+    """Forward and backward through the compiled kernel; no gradient for the input image."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                library: ctypes.CDLL) -> torch.Tensor:
+        n, _, h, w = x.shape
+        c, _, k, _ = weight.shape
+        images = x.detach().reshape(n, h, w).contiguous()
+        taps = weight.detach().reshape(c, k * k).t().contiguous()
+        shift = bias.detach().contiguous() if bias is not None else torch.zeros(c)
+        ho, wo = (h + 2 * padding - k + 1) // 2, (w + 2 * padding - k + 1) // 2
+        out = torch.empty(n, ho, wo, c)
+        codes = torch.empty(n, ho, wo, c, dtype=torch.uint8)
+        library.conv_pool_forward(images.data_ptr(), taps.data_ptr(), shift.data_ptr(), out.data_ptr(),
+                                  codes.data_ptr(), n, h, w, c, k, padding, torch.get_num_threads())
+        ctx.save_for_backward(images, codes, weight)
+        ctx.padding, ctx.library, ctx.has_bias = padding, library, bias is not None
+        return out.permute(0, 3, 1, 2)  # N x C x Ho x Wo, laid out channels-last
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        images, codes, weight = ctx.saved_tensors
+        n, h, w = images.shape
+        c, _, k, _ = weight.shape
+        grad = grad_out.permute(0, 2, 3, 1).contiguous()
+        taps, shift = torch.empty(k * k, c), torch.empty(c)
+        if not ctx.library.conv_pool_backward(images.data_ptr(), grad.data_ptr(), codes.data_ptr(), taps.data_ptr(),
+                                              shift.data_ptr(), n, h, w, c, k, ctx.padding, torch.get_num_threads()):
+            raise MemoryError("the first layer's backward could not allocate its buffers")
+        grad_weight = torch.empty_like(weight).copy_(taps.t().reshape(c, 1, k, k))  # the weight's own strides
+        return None, grad_weight, shift if ctx.has_bias else None, None, None
+
+
+class ConvPoolReLU(nn.Module):
+    """Conv2d -> MaxPool2d(2) -> ReLU as one layer that holds the convolution's own parameters
+    (so a state dict keeps the convolution's names)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.padding = conv.padding[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        library = load() if self.fits(x) else None
+        if library is None:
+            return F.relu(F.max_pool2d(F.conv2d(x, self.weight, self.bias, padding=self.padding), 2))
+        return ConvPoolReLUFunction.apply(x, self.weight, self.bias, self.padding, library)
+
+    def fits(self, x: torch.Tensor) -> bool:
+        """What the kernel takes: float32 CPU images, one channel, not too large, no gradient
+        wanted for the images (saliency), no autocast (bf16 runs use oneDNN's bf16 kernels)."""
+        return (
+            x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+            and x.dim() == 4 and x.shape[1] == 1 and len(x) > 0 and not x.requires_grad
+            and max(x.shape[2], x.shape[3]) + 2 * self.padding <= MAX_SIDE
+            and min(x.shape[2], x.shape[3]) + 2 * self.padding >= self.weight.shape[2] + 1
+            and not torch.is_autocast_enabled("cpu")
+        )
+
+
+def fuse_first_layer(layers: nn.Sequential) -> nn.Sequential:
+    """`layers` with a leading Conv2d -> MaxPool2d -> ReLU (the order pool_before_relu leaves)
+    the kernel covers made one ConvPoolReLU; the pool and ReLU become Identity, so every
+    module keeps its name and place. Anything else, or everything where the kernel cannot be
+    built, comes back unchanged."""
+    modules = list(layers)
+    if (len(modules) < 3 or not isinstance(modules[0], nn.Conv2d) or not isinstance(modules[2], nn.ReLU)
+            or not covers(modules[0], modules[1]) or load() is None):  # built here, before any timed step
+        return layers
+    fused = nn.Sequential()
+    for i, (name, module) in enumerate(layers._modules.items()):
+        fused.add_module(name, ConvPoolReLU(module) if i == 0 else nn.Identity() if i < 3 else module)
+    return fused
