@@ -7,7 +7,7 @@ import os  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 
-if sys.argv[1:2] == ["train"]:  # the compiled first layer builds (once per machine) while torch imports
+if sys.argv[1:2] == ["train"]:  # the compiled layers build (once per machine) while torch imports
     from mnist_core import kernel_build  # noqa: E402
 
     kernel_build.start()

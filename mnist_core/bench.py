@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mnist_core import conv_pool
+from mnist_core import fused_layers
 from mnist_core.config import RECIPES, TrainConfig
 from mnist_core.data import MEAN, STD, Mnist, load_mnist
 from mnist_core.device import cpu_header, describe_device, resolve_device, use_bf16
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(cpu_header())
     print(f"device: {describe_device(device)}; bf16 mixed precision with precision auto: "
           f"{'on' if use_bf16('auto', device, convolutional=True) else 'off'}; "
-          f"compiled first-layer kernel (conv_pool): {conv_pool.status()}")
+          f"compiled layers (fused_layers): {fused_layers.status()}")
     throughput(data, device, 1 if args.quick else args.pairs)
     fastest_recipe(data, device, 1 if args.quick else args.seeds)
     if not (args.quick or args.skip_best):

@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mnist_core import conv_pool
+    from mnist_core import fused_layers
     from mnist_core.data import load_mnist
     from mnist_core.jobs import HOST, current, execute, run_id_for, submit
     from mnist_core.runs import REUSABLE
@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.write(f"epoch {event.epoch}: train loss {event.train_loss:.4f} acc {event.train_accuracy:.4f}{val} "
                   f"test acc {event.test_accuracy:.4f} ({event.elapsed:.1f} s)")
 
-    phases.mark(f"compiled first-layer kernel, {conv_pool.status()} (its build begun in the background at start)")
+    phases.mark(f"compiled layers, {fused_layers.status()} (its build begun in the background at start)")
     if optimizer_support is not None:
         optimizer_support.join()
         phases.mark("rest of torch.optim's import of torch._dynamo (begun in the background at start)")

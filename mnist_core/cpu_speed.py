@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from mnist_core.conv_pool import fuse_first_layer
+from mnist_core.fused_layers import fuse_layers
 from mnist_core.synced_batchnorm import SliceMeeting, can_sync, in_slice, sync_batch_norms
 
 # glibc mallopt() parameters (malloc.h)
@@ -58,11 +58,11 @@ def pool_before_relu(layers: nn.Sequential) -> nn.Sequential:
 
 def for_cpu_training(model: nn.Module) -> nn.Module:
     """Apply the rewrites to every Sequential child of `model`, in place: pooling before ReLU,
-    then a leading one-channel convolution, pooling and ReLU as one compiled kernel where it
-    applies (conv_pool.fuse_first_layer; the same parameters under the same names)."""
+    then compiled kernels where they apply (fused_layers.fuse_layers: the same parameters under
+    the same names)."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Sequential):
-            setattr(model, name, fuse_first_layer(pool_before_relu(child)))
+            setattr(model, name, fuse_layers(pool_before_relu(child)))
     return model
 
 
@@ -102,7 +102,7 @@ def inference_batch(model: nn.Module, device: torch.device, most: int) -> int:
 def for_cpu_inference(model: nn.Module) -> nn.Module:
     """The model to score many images with: on the CPU, a convolutional model's channels-last
     copy (oneDNN's fast layout; the caller's weights keep theirs, which a safetensors save needs
-    contiguous) with the training rewrites (the compiled first layer: the 10,000 test images
+    contiguous) with the training rewrites (the compiled layers: the 10,000 test images
     through cnn-small in 0.40 s against 0.58, cnn-sprint 0.22 against 0.30); otherwise `model`
     itself, as when it is already a channels-last training model."""
     kernels = [p for p in model.parameters() if p.dim() == 4]

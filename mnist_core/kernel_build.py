@@ -1,4 +1,4 @@
-"""Building the compiled first-layer kernel (kernels/conv_pool.c, used by conv_pool.py) with the
+"""Building the compiled layers (kernels/fused_layers.c, used by fused_layers.py) with the
 system's C compiler, once per machine, into a cache folder.
 
 No torch import here: the command line starts the build before it imports torch, so a first
@@ -16,7 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-SOURCE = Path(__file__).parent / "kernels" / "conv_pool.c"
+SOURCE = Path(__file__).parent / "kernels" / "fused_layers.c"
 COMPILE_TIMEOUT_S = 60
 _lock = threading.Lock()
 _built: dict[str, object] = {}  # "path" or "error", once a build was tried in this process
@@ -66,7 +66,7 @@ def build(folder: Path) -> Path:
     flags = compile_flags()
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + " ".join([cc, *flags, platform.machine()]).encode()).hexdigest()[:16]
-    target = folder / f"conv_pool-{digest}.so"
+    target = folder / f"fused_layers-{digest}.so"
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
@@ -113,4 +113,4 @@ def _quietly(work) -> None:
     try:
         work()
     except RuntimeError:
-        pass  # said by conv_pool.status() when the kernel is first wanted
+        pass  # said by fused_layers.status() when the kernel is first wanted

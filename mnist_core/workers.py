@@ -193,7 +193,7 @@ def warm_up() -> None:
     x, y = torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
     for name in MODELS:
         model = build_model(name)
-        if is_convolutional(model):  # as start_session lays it out (and the compiled first layer is built now)
+        if is_convolutional(model):  # as start_session lays it out (and the compiled layers are built now)
             model = for_cpu_training(model).to(memory_format=torch.channels_last)
             x_in = x.contiguous(memory_format=torch.channels_last)
         else:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from mnist_core.config import RECIPES, TrainConfig
-from mnist_core import conv_pool
-from mnist_core.conv_pool import ConvPoolReLU
+from mnist_core import fused_layers
+from mnist_core.fused_layers import ConvPoolReLU
 from mnist_core.cpu_speed import (
     INFERENCE_ACTIVATION_BYTES, BatchParts, batch_parts_for, for_cpu_inference, for_cpu_training, inference_batch,
     keep_freed_memory, largest_activation, pool_before_relu, splits_exactly, torch_threads,
@@ -40,7 +40,7 @@ def test_rewritten_model_gives_the_same_outputs_and_gradients(name):
         model.train()
         nn.functional.cross_entropy(model(x), y).backward()
     # pooling before ReLU is exact; the compiled first layer (cnn-small's, cnn-sprint's) adds in its own order
-    fused = name in ("cnn-small", "cnn-sprint") and conv_pool.load() is not None
+    fused = name in ("cnn-small", "cnn-sprint") and fused_layers.load() is not None
     assert isinstance(fast.features[0], ConvPoolReLU) == fused
     same = partial(torch.allclose, rtol=1e-5, atol=1e-6) if fused else torch.equal
     assert same(plain(x), fast(x))

@@ -1,4 +1,4 @@
-"""The compiled first layer (mnist_core/conv_pool.py) computes what torch's three ops compute."""
+"""The compiled layers (mnist_core/fused_layers.py) compute what torch's ops compute."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_core import conv_pool, kernel_build
-from mnist_core.conv_pool import ConvPoolReLU, ConvPoolReLUFunction, covers, fuse_first_layer
+from mnist_core import fused_layers, kernel_build
+from mnist_core.fused_layers import (
+    ConvPoolReLU, ConvPoolReLUFunction, PoolReLUFlatten, PoolReLUFlattenFunction, covers, fuse_layers,
+)
 from mnist_core.cpu_speed import for_cpu_training, pool_before_relu
 from mnist_core.models import MODELS, build_model
 
@@ -37,7 +39,7 @@ def both(x: torch.Tensor, channels: int, k: int, padding: int, bias: bool = True
     results = []
     for run in ("kernel", "torch"):
         if run == "kernel":
-            out = ConvPoolReLUFunction.apply(x, weight, shift, padding, conv_pool.load())
+            out = ConvPoolReLUFunction.apply(x, weight, shift, padding, fused_layers.load())
         else:
             out = torch_layer(x, weight, shift, padding)
         if grad_out is None:
@@ -49,12 +51,12 @@ def both(x: torch.Tensor, channels: int, k: int, padding: int, bias: bool = True
 @needs_kernel
 def test_the_kernel_is_built_where_a_compiler_is():
     """CI installs a C compiler, so this is where a broken build shows (not as a silent fallback)."""
-    library = conv_pool.load()
-    assert library is not None, conv_pool.status()
-    assert conv_pool.status().startswith("on")
+    library = fused_layers.load()
+    assert library is not None, fused_layers.status()
+    assert fused_layers.status().startswith("on")
     limits = [ctypes.c_int() for _ in range(3)]
     assert library.conv_pool_limits(*(ctypes.byref(v) for v in limits)) == 1
-    assert [v.value for v in limits] == [conv_pool.MAX_CHANNELS, conv_pool.MAX_SIDE, conv_pool.MAX_KERNEL]
+    assert [v.value for v in limits] == [fused_layers.MAX_CHANNELS, fused_layers.MAX_SIDE, fused_layers.MAX_KERNEL]
 
 
 @needs_kernel
@@ -86,7 +88,7 @@ def test_ties_nan_and_dead_units_follow_torch():
     weight = torch.zeros(16, 1, 3, 3, requires_grad=True)
     shift = torch.rand(16, requires_grad=True)
     grad_out = torch.randn(3, 16, 14, 14)
-    out = ConvPoolReLUFunction.apply(x, weight, shift, 1, conv_pool.load())
+    out = ConvPoolReLUFunction.apply(x, weight, shift, 1, fused_layers.load())
     expected = torch_layer(x, weight, shift, 1)
     assert torch.equal(out, expected)
     got = torch.autograd.grad(out, [weight, shift], grad_out)
@@ -105,7 +107,7 @@ def test_ties_nan_and_dead_units_follow_torch():
     torch.testing.assert_close(grads[1], expected_grads[1], rtol=1e-4, atol=1e-4)
 
     weight = -torch.ones(8, 1, 3, 3, requires_grad=True)  # a positive image, negative weights: all dead
-    out = ConvPoolReLUFunction.apply(torch.rand(2, 1, 28, 28) + 0.1, weight, None, 1, conv_pool.load())
+    out = ConvPoolReLUFunction.apply(torch.rand(2, 1, 28, 28) + 0.1, weight, None, 1, fused_layers.load())
     assert torch.equal(out, torch.zeros_like(out))
     (grad,) = torch.autograd.grad(out.sum(), [weight])
     assert torch.equal(grad, torch.zeros_like(grad))
@@ -151,10 +153,10 @@ def test_only_a_leading_one_channel_conv_pool_relu_is_fused_and_names_stay():
         fast = for_cpu_training(build_model(name))
         assert [type(m).__name__ for m in fast.features][:4] == ["ConvPoolReLU", "Identity", "Identity", "Conv2d"]
         assert list(fast.state_dict()) == list(build_model(name).state_dict())
-    for name in MODELS:  # every other registered model keeps its layers: BN first, 10 channels, no pooling...
+    for name in MODELS:  # every other registered model keeps its first layer: BN first, 10 channels, none...
         if name not in ("cnn-small", "cnn-sprint"):
             plain = pool_before_relu(build_model(name).features)
-            assert [type(m) for m in fuse_first_layer(plain)] == [type(m) for m in plain], name
+            assert type(fuse_layers(plain)[0]) is type(plain[0]), name
     assert not covers(nn.Conv2d(1, 16, 3, stride=2), nn.MaxPool2d(2))
     assert not covers(nn.Conv2d(1, 16, 3, padding=1), nn.MaxPool2d(3))
     assert not covers(nn.Conv2d(1, 16, (3, 5)), nn.MaxPool2d(2))
@@ -202,9 +204,9 @@ def test_a_compiler_error_is_said_and_leaves_nothing(tmp_path, monkeypatch):
 
 def test_without_the_kernel_training_runs_on_torch_ops(tmp_path):
     """A process that cannot build the kernel (here: it is turned off) still trains cnn-small."""
-    code = ("import torch; from mnist_core import conv_pool; from mnist_core.cpu_speed import for_cpu_training; "
+    code = ("import torch; from mnist_core import fused_layers; from mnist_core.cpu_speed import for_cpu_training; "
             "from mnist_core.models import build_model; m = for_cpu_training(build_model('cnn-small')); "
-            "m(torch.randn(4, 1, 28, 28)).sum().backward(); print(type(m.features[0]).__name__, conv_pool.status())")
+            "m(torch.randn(4, 1, 28, 28)).sum().backward(); print(type(m.features[0]).__name__, fused_layers.status())")
     env = {**os.environ, "MNIST_FUSED_KERNEL": "0", "MNIST_KERNEL_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
                           cwd=Path(__file__).resolve().parent.parent)
@@ -230,3 +232,72 @@ def test_scoring_many_images_goes_through_the_compiled_layer_with_the_plain_mode
     probabilities = predict_proba(model, images)
     torch.testing.assert_close(probabilities, plain, rtol=1e-4, atol=1e-5)
     assert torch.equal(probabilities.argmax(1), plain.argmax(1))
+
+
+def pooled_both(x: torch.Tensor):
+    """The pool-ReLU-flatten kernel's and torch's outputs and input gradients."""
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = PoolReLUFlattenFunction.apply(x, fused_layers.load())
+    expected = torch.flatten(F.relu(F.max_pool2d(x, 2)), 1)
+    grad_out = torch.randn(expected.shape)
+    (grad,) = torch.autograd.grad(out, [x], grad_out)
+    (expected_grad,) = torch.autograd.grad(expected, [x], grad_out)
+    return out, grad, expected, expected_grad
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(5, 32, 14, 14), (3, 8, 7, 7), (2, 16, 5, 6), (4, 128, 7, 7), (1, 8, 2, 2)])
+def test_pool_relu_flatten_is_torchs_exactly(shape):
+    """Only comparisons and copies: the same numbers bit for bit, and the input's gradient
+    channels-last (as the convolution before it wants it), zeros in a row or column the
+    pooling dropped included."""
+    torch.manual_seed(0)
+    out, grad, expected, expected_grad = pooled_both(torch.randn(*shape))
+    assert torch.equal(out, expected) and out.is_contiguous()
+    assert torch.equal(grad, expected_grad) and grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernel
+def test_pool_relu_flatten_ties_nan_and_dead_units_follow_torch():
+    ties = torch.zeros(2, 16, 6, 6) + torch.rand(1, 16, 1, 1)  # four equal pixels per window, positive
+    nan = torch.randn(2, 16, 6, 6)
+    nan[0, 3, 2, 3] = float("nan")
+    dead = -torch.rand(2, 16, 6, 6)
+    for x in (ties, nan, dead):
+        out, grad, expected, expected_grad = pooled_both(x)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0, equal_nan=True)
+    assert out.abs().sum() == 0 and grad.abs().sum() == 0  # all dead: no output, no gradient
+
+
+def test_pool_relu_flatten_runs_as_torch_ops_where_the_kernel_does_not_fit():
+    layer = PoolReLUFlatten()
+    for x in (torch.randn(2, 16, 6, 6),  # not channels-last
+              torch.randn(2, 12, 6, 6).contiguous(memory_format=torch.channels_last),  # 12 channels
+              torch.randn(2, 16, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)):
+        assert not layer.fits(x)
+        assert torch.equal(layer(x), torch.flatten(F.relu(F.max_pool2d(x, 2)), 1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer.fits(torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last))
+
+
+@needs_kernel
+def test_which_models_get_which_kernel():
+    """The last pooling of cnn-small, cnn-fast, cnn-best and cnn-classic (after pooling moves
+    before ReLU) is fused; cnn-sprint's has batch norm between, the MLPs have none. Names stay.
+    (cnn-classic's map has 20 channels, which the kernel does not take: it runs torch's ops.)"""
+    layers = {name: [type(m).__name__ for m in for_cpu_training(build_model(name)).features] for name in MODELS}
+    for name in MODELS:
+        fused = "PoolReLUFlatten" in layers[name]
+        assert fused == (name in ("cnn-small", "cnn-fast", "cnn-best", "cnn-classic")), (name, layers[name])
+        if fused:
+            at = layers[name].index("PoolReLUFlatten")
+            assert layers[name][at + 1 : at + 3] == ["Identity", "Identity"]
+        assert list(for_cpu_training(build_model(name)).state_dict()) == list(build_model(name).state_dict())
+    assert layers["cnn-small"][:8] == ["ConvPoolReLU", "Identity", "Identity", "Conv2d", "PoolReLUFlatten",
+                                       "Identity", "Identity", "Linear"]
+    classic = for_cpu_training(build_model("cnn-classic")).to(memory_format=torch.channels_last)
+    maps = []
+    classic.features[5].register_forward_hook(lambda module, inputs, output: maps.append(inputs[0]))
+    classic(torch.randn(2, 1, 28, 28).contiguous(memory_format=torch.channels_last))
+    assert maps[0].shape[1] == 20 and not PoolReLUFlatten.fits(maps[0])

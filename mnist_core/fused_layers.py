@@ -1,20 +1,25 @@
-"""A network's first layer on the CPU as one compiled kernel: a one-channel convolution, 2x2
-max-pooling and ReLU, forward and backward (kernels/conv_pool.c).
+"""Layers a CPU training step runs as compiled kernels (kernels/fused_layers.c): a network's
+first layer (a one-channel convolution, 2x2 max-pooling and ReLU) and its last pooling (2x2
+max-pooling, ReLU and flattening), forward and backward.
 
-Why: in cnn-small's training step this first trio was a third of the time, and almost all of
+Why: in cnn-small's training step the first trio was a third of the time, and almost all of
 it was memory, not arithmetic. oneDNN writes the batch's full-size feature map (3.2 MB at
 batch 64), max-pooling reads it back, and its backward zero-fills a map as large again for the
 one-channel convolution's weight gradient to read. The kernel goes one image at a time, so the
 full-size map never leaves a core's cache: profiled in a real step (2 cores held to AVX2 fp32),
-the trio's forward and backward went from ~3 ms to ~1.2 ms.
+the trio's forward and backward went from ~3 ms to ~1.2 ms. The last pooling, ReLU and
+flatten then cost 14% of the step: a zero fill, two layout changes (channels-last to the
+flatten's order, and back for the gradient) and a ReLU backward across them; as one kernel,
+each element is read and written once (1.07x images/s).
 
-The kernel is C, compiled once per machine with the system's C compiler (kernel_build) and
-loaded with ctypes. It runs its loops on OpenMP, which in torch's process is torch's own
-runtime, so it shares torch's threads instead of fighting them (a numba kernel tried earlier
-lost its gain to torch's spinning threads holding the second core). Where there is
-no compiler, or for a case the kernel does not cover (a gradient for the input, autocast, a
-shape over its limits), the layer runs as torch's three ops: the same values up to float
-rounding (the kernel adds a pixel's nine products in its own order).
+The kernels are C, compiled once per machine with the system's C compiler (kernel_build) and
+loaded with ctypes. They run their loops on OpenMP, which in torch's process is torch's own
+runtime, so they share torch's threads instead of fighting them (a numba kernel tried earlier
+lost its gain to torch's spinning threads holding the second core). Where there is no
+compiler nothing is fused; for a case a kernel does not cover (a gradient for the input
+images, autocast, a layout or shape outside its limits) a fused layer runs torch's ops. The
+first layer's values match torch's up to float rounding (it adds a pixel's products in its
+own order); the pooling's are the same bit for bit.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ _state: dict[str, object] = {}  # "library" (ctypes.CDLL or None) and "status" o
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use (about half a second); None, with the reason in
-    `status()`, where it cannot be built. Tried once per process."""
+    """The compiled kernels, built on first use (about half a second); None, with the reason in
+    `status()`, where they cannot be built. Tried once per process."""
     with _lock:
         if "status" in _state:
             return _state["library"]  # type: ignore[return-value]
@@ -52,6 +57,10 @@ def load() -> ctypes.CDLL | None:
                 library.conv_pool_forward.restype = None
                 library.conv_pool_backward.argtypes = [pointer] * 5 + [size] * 7
                 library.conv_pool_backward.restype = ctypes.c_int
+                library.pool_relu_flatten_forward.argtypes = [pointer] * 3 + [size] * 5
+                library.pool_relu_flatten_forward.restype = None
+                library.pool_relu_flatten_backward.argtypes = [pointer] * 3 + [size] * 5
+                library.pool_relu_flatten_backward.restype = None
                 status = f"on, {' '.join(f for f in compile_flags() if f.startswith('-march')) or 'generic build'}"
             except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError) as error:
                 library, status = None, f"off ({error})"
@@ -65,11 +74,20 @@ def status() -> str:
     return str(_state["status"])
 
 
-MAX_CHANNELS, MAX_SIDE, MAX_KERNEL = 64, 40, 7  # what kernels/conv_pool.c's conv_pool_limits says
+MAX_CHANNELS, MAX_SIDE, MAX_KERNEL = 64, 40, 7  # what kernels/fused_layers.c's conv_pool_limits says
+
+
+def plain_pool(pool: nn.Module) -> bool:
+    """A 2x2 max-pool with stride 2, no padding or dilation, rounding down: the kernels' pooling."""
+    return (
+        isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+        and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1)) and not pool.ceil_mode
+        and not pool.return_indices
+    )
 
 
 def covers(conv: nn.Conv2d, pool: nn.Module) -> bool:
-    """Whether the kernel computes this convolution followed by this pooling: one input
+    """Whether the first kernel computes this convolution followed by this pooling: one input
     channel, a multiple of 8 output channels up to 64, a square kernel up to 7, stride and
     dilation 1, zero padding; a plain 2x2 max-pool."""
     k = conv.kernel_size[0]
@@ -78,10 +96,7 @@ def covers(conv: nn.Conv2d, pool: nn.Module) -> bool:
         conv.in_channels == 1 and conv.groups == 1 and conv.out_channels % 8 == 0
         and conv.out_channels <= MAX_CHANNELS and conv.kernel_size == (k, k) and k <= MAX_KERNEL
         and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
-        and isinstance(padding, tuple) and padding[0] == padding[1]
-        and isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2))
-        and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
-        and not pool.ceil_mode and not pool.return_indices
+        and isinstance(padding, tuple) and padding[0] == padding[1] and plain_pool(pool)
     )
 
 
@@ -147,16 +162,69 @@ class ConvPoolReLU(nn.Module):
         )
 
 
-def fuse_first_layer(layers: nn.Sequential) -> nn.Sequential:
-    """`layers` with a leading Conv2d -> MaxPool2d -> ReLU (the order pool_before_relu leaves)
-    the kernel covers made one ConvPoolReLU; the pool and ReLU become Identity, so every
-    module keeps its name and place. Anything else, or everything where the kernel cannot be
-    built, comes back unchanged."""
+class PoolReLUFlattenFunction(torch.autograd.Function):
+    """2x2 max-pool, ReLU and flatten of a channels-last map through the compiled kernel."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, library: ctypes.CDLL) -> torch.Tensor:
+        n, c, h, w = x.shape
+        out = torch.empty(n, c * (h // 2) * (w // 2))
+        codes = torch.empty(n, h // 2, w // 2, c, dtype=torch.uint8)
+        library.pool_relu_flatten_forward(x.data_ptr(), out.data_ptr(), codes.data_ptr(), n, h, w, c,
+                                          torch.get_num_threads())
+        ctx.save_for_backward(codes)
+        ctx.shape, ctx.library = (n, c, h, w), library
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (codes,) = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        grad = grad_out.contiguous()
+        grad_in = torch.empty(n, h, w, c)
+        ctx.library.pool_relu_flatten_backward(grad.data_ptr(), codes.data_ptr(), grad_in.data_ptr(), n, h, w, c,
+                                               torch.get_num_threads())
+        return grad_in.permute(0, 3, 1, 2), None  # N x C x H x W, laid out channels-last
+
+
+class PoolReLUFlatten(nn.Module):
+    """MaxPool2d(2) -> ReLU -> Flatten as one layer (no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        library = load() if self.fits(x) else None
+        if library is None:
+            return torch.flatten(F.relu(F.max_pool2d(x, 2)), 1)
+        return PoolReLUFlattenFunction.apply(x, library)
+
+    @staticmethod
+    def fits(x: torch.Tensor) -> bool:
+        """What the kernel takes: a float32 CPU map laid out channels-last (as convolutions on
+        the CPU train here), channels a multiple of 8, at least 2x2, and no autocast."""
+        return (
+            x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and len(x) > 0
+            and x.shape[1] % 8 == 0 and x.shape[2] >= 2 and x.shape[3] >= 2
+            and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_autocast_enabled("cpu")
+        )
+
+
+def fuse_layers(layers: nn.Sequential) -> nn.Sequential:
+    """`layers` (after pool_before_relu) with what the kernels cover made one layer each: a
+    leading Conv2d -> MaxPool2d -> ReLU the first kernel covers (ConvPoolReLU), and every
+    MaxPool2d -> ReLU -> Flatten (PoolReLUFlatten). The parts a fused layer replaces become
+    Identity, so every module keeps its name and place (a state dict keeps its keys). Where
+    the kernels cannot be built, nothing changes."""
     modules = list(layers)
-    if (len(modules) < 3 or not isinstance(modules[0], nn.Conv2d) or not isinstance(modules[2], nn.ReLU)
-            or not covers(modules[0], modules[1]) or load() is None):  # built here, before any timed step
+    replaced: dict[int, nn.Module] = {}
+    if len(modules) >= 3 and isinstance(modules[0], nn.Conv2d) and isinstance(modules[2], nn.ReLU) \
+            and covers(modules[0], modules[1]):
+        replaced.update({0: ConvPoolReLU(modules[0]), 1: nn.Identity(), 2: nn.Identity()})
+    for i in range(len(modules) - 2):
+        if (plain_pool(modules[i]) and isinstance(modules[i + 1], nn.ReLU) and isinstance(modules[i + 2], nn.Flatten)
+                and modules[i + 2].start_dim == 1 and modules[i + 2].end_dim == -1 and i not in replaced):
+            replaced.update({i: PoolReLUFlatten(), i + 1: nn.Identity(), i + 2: nn.Identity()})
+    if not replaced or load() is None:  # built here, before any timed step
         return layers
     fused = nn.Sequential()
     for i, (name, module) in enumerate(layers._modules.items()):
-        fused.add_module(name, ConvPoolReLU(module) if i == 0 else nn.Identity() if i < 3 else module)
+        fused.add_module(name, replaced.get(i, module))
     return fused
