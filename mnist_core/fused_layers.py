@@ -88,13 +88,12 @@ def plain_pool(pool: nn.Module) -> bool:
 
 def covers(conv: nn.Conv2d, pool: nn.Module) -> bool:
     """Whether the first kernel computes this convolution followed by this pooling: one input
-    channel, a multiple of 8 output channels up to 64, a square kernel up to 7, stride and
-    dilation 1, zero padding; a plain 2x2 max-pool."""
+    channel, up to 64 output channels, a square kernel up to 7, stride and dilation 1, zero
+    padding; a plain 2x2 max-pool."""
     k = conv.kernel_size[0]
     padding = conv.padding
     return (
-        conv.in_channels == 1 and conv.groups == 1 and conv.out_channels % 8 == 0
-        and conv.out_channels <= MAX_CHANNELS and conv.kernel_size == (k, k) and k <= MAX_KERNEL
+        conv.in_channels == 1 and conv.groups == 1 and conv.out_channels <= MAX_CHANNELS and conv.kernel_size == (k, k) and k <= MAX_KERNEL
         and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
         and isinstance(padding, tuple) and padding[0] == padding[1] and plain_pool(pool)
     )
@@ -108,16 +107,19 @@ class ConvPoolReLUFunction(torch.autograd.Function):
                 library: ctypes.CDLL) -> torch.Tensor:
         n, _, h, w = x.shape
         c, _, k, _ = weight.shape
+        blocks = -(-c // 8) * 8  # the kernel's channels: zero filters up to a multiple of 8 (cnn-classic's 10)
         images = x.detach().reshape(n, h, w).contiguous()
-        taps = weight.detach().reshape(c, k * k).t().contiguous()
-        shift = bias.detach().contiguous() if bias is not None else torch.zeros(c)
+        taps = F.pad(weight.detach().reshape(c, k * k).t(), (0, blocks - c)).contiguous()
+        shift = F.pad(bias.detach(), (0, blocks - c)) if bias is not None else torch.zeros(blocks)
         ho, wo = (h + 2 * padding - k + 1) // 2, (w + 2 * padding - k + 1) // 2
-        out = torch.empty(n, ho, wo, c)
-        codes = torch.empty(n, ho, wo, c, dtype=torch.uint8)
-        library.conv_pool_forward(images.data_ptr(), taps.data_ptr(), shift.data_ptr(), out.data_ptr(),
-                                  codes.data_ptr(), n, h, w, c, k, padding, torch.get_num_threads())
+        out = torch.empty(n, ho, wo, blocks)
+        codes = torch.empty(n, ho, wo, blocks, dtype=torch.uint8)
+        library.conv_pool_forward(images.data_ptr(), taps.data_ptr(), shift.contiguous().data_ptr(), out.data_ptr(),
+                                  codes.data_ptr(), n, h, w, blocks, k, padding, torch.get_num_threads())
         ctx.save_for_backward(images, codes, weight)
         ctx.padding, ctx.library, ctx.has_bias = padding, library, bias is not None
+        if blocks != c:
+            out = out[..., :c].contiguous()
         return out.permute(0, 3, 1, 2)  # N x C x Ho x Wo, laid out channels-last
 
     @staticmethod
@@ -125,13 +127,15 @@ class ConvPoolReLUFunction(torch.autograd.Function):
         images, codes, weight = ctx.saved_tensors
         n, h, w = images.shape
         c, _, k, _ = weight.shape
-        grad = grad_out.permute(0, 2, 3, 1).contiguous()
-        taps, shift = torch.empty(k * k, c), torch.empty(c)
+        blocks = codes.shape[-1]
+        grad = F.pad(grad_out.permute(0, 2, 3, 1), (0, blocks - c)).contiguous()
+        taps, shift = torch.empty(k * k, blocks), torch.empty(blocks)
         if not ctx.library.conv_pool_backward(images.data_ptr(), grad.data_ptr(), codes.data_ptr(), taps.data_ptr(),
-                                              shift.data_ptr(), n, h, w, c, k, ctx.padding, torch.get_num_threads()):
+                                              shift.data_ptr(), n, h, w, blocks, k, ctx.padding,
+                                              torch.get_num_threads()):
             raise MemoryError("the first layer's backward could not allocate its buffers")
-        grad_weight = torch.empty_like(weight).copy_(taps.t().reshape(c, 1, k, k))  # the weight's own strides
-        return None, grad_weight, shift if ctx.has_bias else None, None, None
+        grad_weight = torch.empty_like(weight).copy_(taps[:, :c].t().reshape(c, 1, k, k))  # the weight's strides
+        return None, grad_weight, shift[:c] if ctx.has_bias else None, None, None
 
 
 class ConvPoolReLU(nn.Module):

@@ -69,7 +69,7 @@ def build(folder: Path) -> Path:
     target = folder / f"fused_layers-{digest}.so"
     if target.exists():
         return target
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)  # the user's own: a planted library would run here
     handle, partial = tempfile.mkstemp(dir=folder, suffix=".so.partial")
     os.close(handle)
     try:

@@ -66,6 +66,8 @@ def test_the_kernel_is_built_where_a_compiler_is():
     (24, 3, 2, 27),  # the generic path; an odd side: the last conv row and column are dropped by the pooling, as torch does
     (64, 7, 3, 20),
     (16, 3, 1, (28, 20)),  # not square
+    (10, 5, 0, 28),  # cnn-classic's: 10 channels, computed as 16 with zero filters
+    (3, 3, 1, 12),
 ])
 def test_values_and_gradients_match_torch(channels, k, padding, side):
     height, width = side if isinstance(side, tuple) else (side, side)
@@ -149,12 +151,12 @@ def test_cases_the_kernel_does_not_take_run_as_torch_ops():
 
 @needs_kernel
 def test_only_a_leading_one_channel_conv_pool_relu_is_fused_and_names_stay():
-    for name in ("cnn-small", "cnn-sprint"):  # 16 channels 3x3 padded; 8 channels 5x5 without bias
+    for name in ("cnn-small", "cnn-sprint", "cnn-classic"):  # 16 channels 3x3 padded; 8 and 10 channels 5x5
         fast = for_cpu_training(build_model(name))
         assert [type(m).__name__ for m in fast.features][:4] == ["ConvPoolReLU", "Identity", "Identity", "Conv2d"]
         assert list(fast.state_dict()) == list(build_model(name).state_dict())
-    for name in MODELS:  # every other registered model keeps its first layer: BN first, 10 channels, none...
-        if name not in ("cnn-small", "cnn-sprint"):
+    for name in MODELS:  # every other registered model keeps its first layer: BN first, or no convolution
+        if name not in ("cnn-small", "cnn-sprint", "cnn-classic"):
             plain = pool_before_relu(build_model(name).features)
             assert type(fuse_layers(plain)[0]) is type(plain[0]), name
     assert not covers(nn.Conv2d(1, 16, 3, stride=2), nn.MaxPool2d(2))

@@ -50,9 +50,10 @@ static void pad_image(const float *x, int H, int W, int P, float *xp) {
     for (int i = 0; i < H; i++) memcpy(xp + (i + P) * Wp + P, x + i * W, sizeof(float) * W);
 }
 
-/* Inlined with constant C and K for cnn-small's 16 channels and 3x3 and cnn-sprint's 8 and
-   5x5 (the compiler then keeps the accumulators in registers); the generic call serves any
-   other allowed shape. */
+/* Inlined with constant C and K for cnn-small's 16 channels and 3x3, cnn-sprint's 8 and 5x5
+   and cnn-classic's 10 (computed as 16) and 5x5: the compiler then keeps the accumulators in
+   registers (the generic call, which serves any other allowed shape, made cnn-classic's step
+   no faster than torch's ops: 0.98x against 1.19x). */
 static inline __attribute__((always_inline)) void forward_image(
         const float *xp, const float *wt, const float *b, float *y, uint8_t *code,
         int Wp, int Ho, int Wo, const int C, const int K) {
@@ -109,6 +110,7 @@ void conv_pool_forward(const float *x, const float *wt, const float *b, float *y
         uint8_t *cn = code + (size_t)n * Ho * Wo * C;
         if (C == 16 && K == 3) forward_image(xp, wt, b, yn, cn, Wp, Ho, Wo, 16, 3);
         else if (C == 8 && K == 5) forward_image(xp, wt, b, yn, cn, Wp, Ho, Wo, 8, 5);
+        else if (C == 16 && K == 5) forward_image(xp, wt, b, yn, cn, Wp, Ho, Wo, 16, 5);
         else forward_image(xp, wt, b, yn, cn, Wp, Ho, Wo, C, K);
     }
 }
@@ -186,6 +188,7 @@ int conv_pool_backward(const float *x, const float *gy, const uint8_t *code, flo
             unpool_image(gy + (size_t)n * Ho * Wo * C, code + (size_t)n * Ho * Wo * C, G, Ho, Wo, C);
             if (C == 16 && K == 3) backward_image(xp, G, acc, Wp, Hc, Wc, 16, 3);
             else if (C == 8 && K == 5) backward_image(xp, G, acc, Wp, Hc, Wc, 8, 5);
+            else if (C == 16 && K == 5) backward_image(xp, G, acc, Wp, Hc, Wc, 16, 5);
             else backward_image(xp, G, acc, Wp, Hc, Wc, C, K);
         }
     }
