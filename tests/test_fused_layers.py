@@ -131,8 +131,8 @@ def test_the_forward_does_not_depend_on_the_thread_count():
 
 
 def test_cases_the_kernel_does_not_take_run_as_torch_ops():
-    """An input gradient (saliency), autocast, or a shape past the kernel's limits: torch's ops,
-    which give what the unfused layers give, bit for bit."""
+    """An input gradient (saliency) or a shape past the kernel's limits: torch's ops, which give
+    what the unfused layers give, bit for bit."""
     torch.manual_seed(0)
     conv = nn.Conv2d(1, 16, 3, padding=1)
     layer = ConvPoolReLU(conv)
@@ -145,8 +145,24 @@ def test_cases_the_kernel_does_not_take_run_as_torch_ops():
     assert torch.equal(layer(big), torch_layer(big, conv.weight, conv.bias, 1))
     assert not layer.fits(torch.randn(2, 1, 28, 28, dtype=torch.float64))
     assert not layer.fits(torch.randn(0, 1, 28, 28))
+
+
+@needs_kernel
+def test_under_autocast_the_first_layer_runs_its_fp32_kernel():
+    """bf16 autocast: the kernel computes in fp32 (the next convolution casts to bf16), so its
+    output is the fp32 layer's, not a bf16 approximation, and gradients reach the weights."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 16, 3, padding=1)
+    layer = ConvPoolReLU(conv)
+    x = torch.randn(4, 1, 28, 28)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not layer.fits(torch.randn(2, 1, 28, 28))
+        assert layer.fits(x)
+        out = layer(x)
+        after = nn.functional.conv2d(out, torch.randn(8, 16, 3, 3))
+    assert out.dtype == torch.float32 and after.dtype == torch.bfloat16
+    torch.testing.assert_close(out, torch_layer(x, conv.weight, conv.bias, 1), rtol=1e-5, atol=1e-5)
+    after.float().sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
 
 
 @needs_kernel
@@ -279,8 +295,9 @@ def test_pool_relu_flatten_runs_as_torch_ops_where_the_kernel_does_not_fit():
               torch.randn(2, 16, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)):
         assert not layer.fits(x)
         assert torch.equal(layer(x), torch.flatten(F.relu(F.max_pool2d(x, 2)), 1))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not layer.fits(torch.randn(2, 16, 6, 6).contiguous(memory_format=torch.channels_last))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 map (what a convolution gives under autocast)
+        assert not layer.fits(torch.randn(2, 16, 6, 6, dtype=torch.bfloat16).contiguous(
+            memory_format=torch.channels_last))
 
 
 @needs_kernel
