@@ -14,10 +14,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "kernels" / "fused_layers.c"
 COMPILE_TIMEOUT_S = 60
+STALE_DAYS = 30
 _lock = threading.Lock()
 _built: dict[str, object] = {}  # "path" or "error", once a build was tried in this process
 
@@ -81,7 +83,20 @@ def build(folder: Path) -> Path:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+    forget_old_builds(folder, keep=target)
     return target
+
+
+def forget_old_builds(folder: Path, keep: Path, days: float = STALE_DAYS) -> None:
+    """Delete builds of earlier sources not used for `days` (each source version leaves one
+    small file; another checkout still using one rebuilds it in half a second)."""
+    cutoff = time.time() - days * 86400
+    for old in folder.glob("fused_layers-*.so"):
+        try:
+            if old != keep and max(old.stat().st_mtime, old.stat().st_atime) < cutoff:
+                old.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete
 
 
 def library_path() -> Path:

@@ -7,6 +7,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,17 @@ def test_build_is_cached_and_a_missing_compiler_is_said(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel_build, "compiler", lambda: None)
     with pytest.raises(RuntimeError, match="no C compiler"):
         kernel_build.build(tmp_path / "other")
+
+
+@needs_kernel
+def test_a_new_build_forgets_builds_unused_for_a_month(tmp_path):
+    stale, recent = tmp_path / "fused_layers-0000000000000000.so", tmp_path / "fused_layers-1111111111111111.so"
+    for path in (stale, recent):
+        path.write_bytes(b"an older build")
+    month_ago = time.time() - 31 * 86400
+    os.utime(stale, (month_ago, month_ago))
+    built = kernel_build.build(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([built.name, recent.name])
 
 
 @needs_kernel
