@@ -89,9 +89,10 @@ def build(folder: Path) -> Path:
 
 def forget_old_builds(folder: Path, keep: Path, days: float = STALE_DAYS) -> None:
     """Delete builds of earlier sources not used for `days` (each source version leaves one
-    small file; another checkout still using one rebuilds it in half a second)."""
+    small file; another checkout still using one rebuilds it in half a second), and as old
+    partial files (a process that exited mid-build leaves its compiler's output unrenamed)."""
     cutoff = time.time() - days * 86400
-    for old in folder.glob("fused_layers-*.so"):
+    for old in [*folder.glob("fused_layers-*.so"), *folder.glob("*.so.partial")]:
         try:
             if old != keep and max(old.stat().st_mtime, old.stat().st_atime) < cutoff:
                 old.unlink()

@@ -214,10 +214,12 @@ def test_build_is_cached_and_a_missing_compiler_is_said(tmp_path, monkeypatch):
 @needs_kernel
 def test_a_new_build_forgets_builds_unused_for_a_month(tmp_path):
     stale, recent = tmp_path / "fused_layers-0000000000000000.so", tmp_path / "fused_layers-1111111111111111.so"
-    for path in (stale, recent):
+    abandoned = tmp_path / "tmpabc.so.partial"
+    for path in (stale, recent, abandoned):
         path.write_bytes(b"an older build")
     month_ago = time.time() - 31 * 86400
-    os.utime(stale, (month_ago, month_ago))
+    for path in (stale, abandoned):
+        os.utime(path, (month_ago, month_ago))
     built = kernel_build.build(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([built.name, recent.name])
 
