@@ -1,6 +1,8 @@
-"""CPU training made faster without changing the model or its maths: layer rewrites, an
-allocator that keeps the memory a training step frees, and a batch cut into one slice per core
-(whose gradients sum to the batch's, up to the order of float additions).
+"""CPU training made faster without changing the model or its maths: layer rewrites (and
+compiled layers, fused_layers, which differ only in the order of float additions), an
+allocator that keeps the memory a training step frees, a batch cut into one slice per core
+(whose gradients sum to the batch's, up to the order of float additions), and inference batch
+sizes.
 
 ReLU followed by 2x2 max-pooling gives exactly the same values and gradients as pooling first
 and ReLU after (both are monotone), and the latter does the ReLU and its backward on a quarter
@@ -8,7 +10,8 @@ of the pixels. Profiled on a 2-core fp32-only CPU (cnn-small, batch 64, channels
 first pair went from ~5 ms to ~2 ms a step.
 
 Tried and dropped: computing the one-channel first convolution as an im2col matrix product.
-Alone it looked 3x faster than oneDNN; inside a real training step it was 0-15% slower.
+Alone it looked 3x faster than oneDNN; inside a real training step it was 0-15% slower (the
+compiled kernel in fused_layers is what paid).
 The rewritten model keeps every parameter under the same name, so its state dict is the
 registered model's, and `train` hands back the registered structure.
 """

@@ -25,8 +25,6 @@ own order); the pooling's are the same bit for bit.
 from __future__ import annotations
 
 import ctypes
-import os
-import subprocess
 import threading
 
 import torch
@@ -46,24 +44,20 @@ def load() -> ctypes.CDLL | None:
     with _lock:
         if "status" in _state:
             return _state["library"]  # type: ignore[return-value]
-        library, status = None, ""
-        if os.environ.get("MNIST_FUSED_KERNEL", "1").strip() == "0":
-            status = "off (MNIST_FUSED_KERNEL=0)"
-        else:
-            try:
-                library = ctypes.CDLL(str(kernel_build.library_path()))
-                pointer, size = ctypes.c_void_p, ctypes.c_int
-                library.conv_pool_forward.argtypes = [pointer] * 5 + [size] * 7
-                library.conv_pool_forward.restype = None
-                library.conv_pool_backward.argtypes = [pointer] * 5 + [size] * 7
-                library.conv_pool_backward.restype = ctypes.c_int
-                library.pool_relu_flatten_forward.argtypes = [pointer] * 3 + [size] * 5
-                library.pool_relu_flatten_forward.restype = None
-                library.pool_relu_flatten_backward.argtypes = [pointer] * 3 + [size] * 5
-                library.pool_relu_flatten_backward.restype = None
-                status = f"on, {' '.join(f for f in compile_flags() if f.startswith('-march')) or 'generic build'}"
-            except (RuntimeError, OSError, subprocess.SubprocessError, AttributeError) as error:
-                library, status = None, f"off ({error})"
+        try:
+            library = ctypes.CDLL(str(kernel_build.library_path()))
+            pointer, size = ctypes.c_void_p, ctypes.c_int
+            library.conv_pool_forward.argtypes = [pointer] * 5 + [size] * 7
+            library.conv_pool_forward.restype = None
+            library.conv_pool_backward.argtypes = [pointer] * 5 + [size] * 7
+            library.conv_pool_backward.restype = ctypes.c_int
+            library.pool_relu_flatten_forward.argtypes = [pointer] * 3 + [size] * 5
+            library.pool_relu_flatten_forward.restype = None
+            library.pool_relu_flatten_backward.argtypes = [pointer] * 3 + [size] * 5
+            library.pool_relu_flatten_backward.restype = None
+            status = f"on, {' '.join(f for f in compile_flags() if f.startswith('-march')) or 'generic build'}"
+        except (RuntimeError, OSError, AttributeError) as error:  # not built or turned off; a bad file
+            library, status = None, f"off ({error})"
         _state["library"], _state["status"] = library, status
         return library
 

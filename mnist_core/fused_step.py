@@ -50,18 +50,8 @@ def plain_groups(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def applies(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether a direct call covers `optimizer`: a fused Adam, AdamW or SGD, or an RMSprop, each
-    with plain groups (see `plain_groups`)."""
-    if isinstance(optimizer, torch.optim.RMSprop):
-        return functional_rmsprop is not None and plain_groups(optimizer)
-    if isinstance(optimizer, torch.optim.Adam):
-        kernel = "_fused_adam_"
-    elif isinstance(optimizer, torch.optim.SGD):
-        kernel = "_fused_sgd_"
-    else:
-        return False
-    return (hasattr(torch, kernel) and plain_groups(optimizer)
-            and all(group["fused"] for group in optimizer.param_groups))
+    """Whether a direct call covers `optimizer` (see `direct_step_for`)."""
+    return direct_step_for(optimizer) is not None
 
 
 def construct(kind: type[torch.optim.Optimizer], params, **options) -> torch.optim.Optimizer:
@@ -187,12 +177,18 @@ class RMSpropStep(DirectStep):
 
 
 def direct_step_for(optimizer: torch.optim.Optimizer | None) -> DirectStep | None:
-    """The direct call for `optimizer` where it applies; None where `optimizer.step()` must run."""
-    if optimizer is None or not applies(optimizer):
-        return None
+    """The direct call for `optimizer` where one covers it: a fused Adam or AdamW, a fused SGD,
+    or an RMSprop, each with plain groups (see `plain_groups`); None where `optimizer.step()`
+    must run."""
     if isinstance(optimizer, torch.optim.RMSprop):
-        return RMSpropStep(optimizer)
-    return FusedSGDStep(optimizer) if isinstance(optimizer, torch.optim.SGD) else FusedAdamStep(optimizer)
+        step, available = RMSpropStep, functional_rmsprop is not None
+    elif isinstance(optimizer, (torch.optim.Adam, torch.optim.SGD)):
+        kernel = "_fused_adam_" if isinstance(optimizer, torch.optim.Adam) else "_fused_sgd_"
+        step = FusedAdamStep if isinstance(optimizer, torch.optim.Adam) else FusedSGDStep
+        available = hasattr(torch, kernel) and all(group["fused"] for group in optimizer.param_groups)
+    else:
+        return None
+    return step(optimizer) if available and plain_groups(optimizer) else None
 
 
 def update_for(optimizer: torch.optim.Optimizer) -> Callable[[], object]:

@@ -103,8 +103,11 @@ def forget_old_builds(folder: Path, keep: Path, days: float = STALE_DAYS) -> Non
 def library_path() -> Path:
     """The built kernel's file, building it the first time in this process (later callers, on
     any thread, wait for that build and get its result). Raises RuntimeError when it cannot be
-    built; a cache folder that cannot be written gives way to a private temporary one."""
+    built, or is turned off (MNIST_FUSED_KERNEL=0); a cache folder that cannot be written gives
+    way to a private temporary one."""
     with _lock:
+        if not _built and os.environ.get("MNIST_FUSED_KERNEL", "1").strip() == "0":
+            _built["error"] = RuntimeError("MNIST_FUSED_KERNEL=0")
         if not _built:
             try:
                 try:
@@ -119,14 +122,15 @@ def library_path() -> Path:
 
 
 def start() -> threading.Thread:
-    """Build on a thread now; `library_path` later waits for it."""
-    thread = threading.Thread(target=lambda: _quietly(library_path), name="kernel-build", daemon=True)
+    """Build on a thread now; `library_path` later waits for it (and raises what went wrong,
+    which fused_layers.status() then says)."""
+
+    def build_quietly() -> None:
+        try:
+            library_path()
+        except RuntimeError:
+            pass
+
+    thread = threading.Thread(target=build_quietly, name="kernel-build", daemon=True)
     thread.start()
     return thread
-
-
-def _quietly(work) -> None:
-    try:
-        work()
-    except RuntimeError:
-        pass  # said by fused_layers.status() when the kernel is first wanted

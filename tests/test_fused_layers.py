@@ -235,8 +235,10 @@ def test_a_compiler_error_is_said_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_without_the_kernel_training_runs_on_torch_ops(tmp_path):
-    """A process that cannot build the kernel (here: it is turned off) still trains cnn-small."""
-    code = ("import torch; from mnist_core import fused_layers; from mnist_core.cpu_speed import for_cpu_training; "
+    """A process that cannot build the kernel (here: it is turned off) still trains cnn-small,
+    and the command line's early background build honours the switch too (nothing compiled)."""
+    code = ("from mnist_core import kernel_build; kernel_build.start().join(); "
+            "import torch; from mnist_core import fused_layers; from mnist_core.cpu_speed import for_cpu_training; "
             "from mnist_core.models import build_model; m = for_cpu_training(build_model('cnn-small')); "
             "m(torch.randn(4, 1, 28, 28)).sum().backward(); print(type(m.features[0]).__name__, fused_layers.status())")
     env = {**os.environ, "MNIST_FUSED_KERNEL": "0", "MNIST_KERNEL_CACHE": str(tmp_path)}
