@@ -237,5 +237,5 @@ RECIPES: dict[str, Recipe] = {
     "cnn-best": Recipe(
         TrainConfig(model="cnn-best", epochs=12, batch_size=128, lr=3e-3, schedule="onecycle",
                     augment="affine", dropout=0.25),
-        "Twelve epochs with augmentation: the most accurate, about 99.7%, in 6 to 16 minutes on two CPU cores."),
+        "Twelve epochs with augmentation: the most accurate, about 99.7%, in about 7 minutes on two CPU cores."),
 }

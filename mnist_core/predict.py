@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from mnist_core.data import Mnist
 from mnist_core.evaluate import Evaluation, evaluate, evaluation_from_probabilities
 from mnist_core.naming import run_name
-from mnist_core.models import Classifier, build_model
+from mnist_core.models import Classifier, build_for_weights
 from mnist_core.preprocess import load_uploaded_image, mnist_style, normalise
 from mnist_core.runs import WEIGHTS, RunRecord, RunStore, RunStoreError
 
@@ -37,8 +37,12 @@ def load_run_model(store: RunStore, run_id: str) -> Classifier:
         raise RunStoreError(f"no run {run_id!r}; list runs with `python -m mnist_core runs`")
     if not store.has_tensors(run_id, WEIGHTS):
         raise RunStoreError(f"run {run_id} has no weights (status {record.status}); it did not finish")
-    model = build_model(record.config["model"], record.config.get("dropout", 0.0))
-    model.load_state_dict(store.load_weights(run_id))
+    weights = store.load_weights(run_id)
+    try:
+        model = build_for_weights(record.config["model"], record.config.get("dropout", 0.0), weights)
+    except ValueError as err:
+        raise RunStoreError(f"run {run_id}: {err}") from None
+    model.load_state_dict(weights)
     return model.eval()
 
 

@@ -50,7 +50,7 @@ def test_templates_refused_for_models_that_do_not_score_pixels(name):
 
 
 @pytest.mark.parametrize("name, shape", [("cnn-small", (16, 3, 3)), ("cnn-classic", (10, 5, 5)),
-                                         ("cnn-best", (32, 3, 3))])
+                                         ("cnn-best", (16, 3, 3))])
 def test_first_layer_filters(name, shape):
     net = model(name)
     filters = insight.first_layer_filters(net)

@@ -16,7 +16,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from mnist_core.data import MEAN, STD, Mnist
 from mnist_core.evaluate import confusion_counts, evaluate, evaluation_from_probabilities, per_class_scores
-from mnist_core.models import Classifier, build_model
+from mnist_core.models import Classifier, build_cnn_best_2026_11, build_model
 from mnist_core.predict import (
     cell_examples,
     cell_from_table_state,
@@ -140,6 +140,30 @@ def test_load_run_model_errors_name_the_problem(store: RunStore) -> None:
     store.create_run("cancelled", {"model": "linear"}, status="cancelled")
     with pytest.raises(RunStoreError, match="no weights"):
         load_run_model(store, "cancelled")
+
+
+def test_a_run_stored_with_an_earlier_version_of_its_model_still_loads(store: RunStore) -> None:
+    """cnn-best changed on 2026-11-29; its runs from before keep their layers and predictions."""
+    torch.manual_seed(0)
+    old = build_cnn_best_2026_11(0.25).eval()
+    store.create_run("old-best", {"model": "cnn-best", "dropout": 0.25}, status="finished")
+    store.save_weights("old-best", old.state_dict())
+    new = build_model("cnn-best", 0.25).eval()
+    store.create_run("new-best", {"model": "cnn-best", "dropout": 0.25}, status="finished")
+    store.save_weights("new-best", new.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_run_model(store, "old-best")(x), old(x))
+        assert torch.equal(load_run_model(store, "new-best")(x), new(x))
+    assert load_run_model(store, "old-best").features[0].out_channels == 32
+    assert load_run_model(store, "new-best").features[0].out_channels == 16
+
+
+def test_weights_that_fit_no_version_of_the_model_are_refused_by_name(store: RunStore) -> None:
+    store.create_run("mixed-up", {"model": "cnn-best"}, status="finished")
+    store.save_weights("mixed-up", build_model("cnn-small").state_dict())
+    with pytest.raises(RunStoreError, match="mixed-up: the stored weights do not fit any version of the model"):
+        load_run_model(store, "mixed-up")
 
 
 def test_load_evaluation_uses_stored_probabilities_without_weights(store: RunStore) -> None:
