@@ -270,6 +270,17 @@ ENTRIES: dict[str, Entry] = {
         ),
         (r"\bconv\b", r"\bconvolution", r"(?-i:\bCNNs?\b)", r"\bpooling\b", r"\bfeature maps?\b"),
     ),
+    "padding": Entry(
+        "Padding",
+        (
+            "A 3x3 filter needs each pixel's neighbours, so at the border a padded convolution adds a "
+            "frame of zeros and its feature map keeps the image's size. An unpadded one skips the "
+            "border positions instead: its map shrinks by 2 pixels a layer (28 to 26), each output sees "
+            "only real pixels, and there is less to compute, which is why cnn-best leaves its first "
+            "four convolutions unpadded (MNIST's digits sit in a 20x20 box in the middle)."
+        ),
+        (r"\bunpadded\b", r"\bpadd(ing|ed)\b"),
+    ),
     "batch_norm": Entry(
         "Batch norm",
         (

@@ -52,6 +52,7 @@ def test_terms_in_finds_the_words_of_an_entry_and_no_other():
     assert terms_in("conv1 (features.0) — 16 maps") == ["layer_names"]
     assert terms_in("the penultimate layer") == ["penultimate"]
     assert terms_in("smoothed (EMA)") == ["ema"]
+    assert terms_in("the first four unpadded") == ["padding"]
     assert terms_in("hyperparameter") == []  # "parameter" inside a longer word is not the term
     assert terms_in("Precision and recall") == ["precision_recall"]  # not the number format
 
