@@ -277,7 +277,7 @@ ENTRIES: dict[str, Entry] = {
             "frame of zeros and its feature map keeps the image's size. An unpadded one skips the "
             "border positions instead: its map shrinks by 2 pixels a layer (28 to 26), each output sees "
             "only real pixels, and there is less to compute, which is why cnn-best leaves its first "
-            "four convolutions unpadded (MNIST's digits sit in a 20x20 box in the middle)."
+            "four convolutions unpadded (MNIST's digits were scaled into a 20x20 box near the middle)."
         ),
         (r"\bunpadded\b", r"\bpadd(ing|ed)\b"),
     ),

@@ -8,6 +8,7 @@ and call `execute`, which is also what the CLI calls, so every run fills the sto
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
@@ -19,6 +20,7 @@ from mnist_core import access
 from mnist_core.access import Person
 from mnist_core.config import ConfigError, Limits, TrainConfig
 from mnist_core.data import Mnist
+from mnist_core.models import model_version
 from mnist_core.naming import run_name
 from mnist_core.runs import ACTIVE, QueueFull, RunRecord, RunStore
 from mnist_core.sweeps import Launched, SweepPlan, launch
@@ -33,8 +35,13 @@ TrainFunction = Callable[..., TrainResult]
 
 
 def run_id_for(config: TrainConfig) -> str:
-    """A run's id: the model name (for people) plus the config hash (for identity)."""
-    return f"{config.model}-{config.config_hash()}"
+    """A run's id: the model name (for people) plus the config hash (for identity). A model that
+    has changed since runs were stored with it (models.ModelSpec.earlier) puts its version into
+    the hash, so launching it trains today's network instead of finding a run of an earlier one."""
+    digest, version = config.config_hash(), model_version(config.model)
+    if version:
+        digest = hashlib.sha256(f"{digest} version {version}".encode()).hexdigest()[:12]
+    return f"{config.model}-{digest}"
 
 
 @dataclass

@@ -204,6 +204,12 @@ def build_for_weights(name: str, dropout: float, weights: Mapping[str, torch.Ten
     raise ValueError(f"the stored weights do not fit any version of the model {name!r}")
 
 
+def model_version(name: str) -> int:
+    """How many times the model `name` has changed since runs were first stored with it (0 for
+    most; an unknown name too)."""
+    return len(MODELS[name].earlier) if name in MODELS else 0
+
+
 def is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 

@@ -64,6 +64,14 @@ def idle_queue(request, store):
         wait_for(store, record.id)
 
 
+def test_a_changed_model_gets_new_run_ids_so_a_launch_never_finds_a_run_of_its_earlier_network():
+    best, linear = TrainConfig(model="cnn-best"), TrainConfig(model="linear")
+    assert run_id_for(linear) == f"linear-{linear.config_hash()}"  # unchanged models: stored runs keep their ids
+    assert run_id_for(best).startswith("cnn-best-") and run_id_for(best) != f"cnn-best-{best.config_hash()}"
+    assert len(run_id_for(best)) == len(run_id_for(linear)) - len("linear") + len("cnn-best")
+    assert run_id_for(best) == run_id_for(TrainConfig(model="cnn-best")) != run_id_for(best.replace(seed=1))
+
+
 def test_a_submitted_run_trains_in_a_worker_process_and_is_stored(queue, store):
     config = TrainConfig(model="linear", epochs=2, batch_size=100)
     submission = queue.submit(config, Person("alice"))
