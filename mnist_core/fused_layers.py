@@ -87,7 +87,8 @@ def covers(conv: nn.Conv2d, pool: nn.Module) -> bool:
     k = conv.kernel_size[0]
     padding = conv.padding
     return (
-        conv.in_channels == 1 and conv.groups == 1 and conv.out_channels <= MAX_CHANNELS and conv.kernel_size == (k, k) and k <= MAX_KERNEL
+        conv.in_channels == 1 and conv.groups == 1 and conv.out_channels <= MAX_CHANNELS
+        and conv.kernel_size == (k, k) and k <= MAX_KERNEL
         and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
         and isinstance(padding, tuple) and padding[0] == padding[1] and plain_pool(pool)
     )

@@ -29,7 +29,7 @@ from mnist_core.fused_step import construct, update_for
 from mnist_core.models import Classifier, build_model, has_batch_norm, is_convolutional
 
 # Evaluation batch at most: on a CPU, cpu_speed.inference_batch makes it smaller for a model
-# whose largest activation would be over ~8 MB (cnn-best: 83), so it reuses freed memory
+# whose largest activation would be over ~8 MB (cnn-best: 113), so it reuses freed memory
 # instead of page-faulting. Evaluating cnn-small on the test set took 0.64-0.79 s in batches
 # of 2,000 and 0.28-0.33 s in batches of 500; cnn-best 4.9-5.9 s in batches of 500 (520,000
 # page faults) and 4.1-4.3 s in batches of 64.

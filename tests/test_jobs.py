@@ -7,6 +7,7 @@ whole module, as one server's queue serves every session.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,8 +68,8 @@ def idle_queue(request, store):
 def test_a_changed_model_gets_new_run_ids_so_a_launch_never_finds_a_run_of_its_earlier_network():
     best, linear = TrainConfig(model="cnn-best"), TrainConfig(model="linear")
     assert run_id_for(linear) == f"linear-{linear.config_hash()}"  # unchanged models: stored runs keep their ids
-    assert run_id_for(best).startswith("cnn-best-") and run_id_for(best) != f"cnn-best-{best.config_hash()}"
-    assert len(run_id_for(best)) == len(run_id_for(linear)) - len("linear") + len("cnn-best")
+    assert re.fullmatch(r"cnn-best-[0-9a-f]{12}", run_id_for(best))
+    assert run_id_for(best) != f"cnn-best-{best.config_hash()}"
     assert run_id_for(best) == run_id_for(TrainConfig(model="cnn-best")) != run_id_for(best.replace(seed=1))
 
 
