@@ -23,7 +23,7 @@ import streamlit as st  # noqa: E402
 
 def serve_pages() -> None:
     """One visit's script run: settings check, navigation, sidebar, the chosen page."""
-    from mnist_core.config import SettingError, check_settings
+    from mnist_core.settings import SettingError, check_settings
     from pages.common import sidebar
 
     st.set_page_config(page_title="MNIST learning dashboard", page_icon=":material/edit:", layout="wide")
@@ -66,7 +66,7 @@ def serve_pages() -> None:
 @asynccontextmanager
 async def warm_start(_app: object) -> AsyncIterator[None]:
     """The server's start-up: the first visitor's waiting, done before anyone is let in."""
-    from mnist_core.config import SettingError
+    from mnist_core.settings import SettingError
     from pages.common import warm_up
 
     try:

@@ -6,6 +6,9 @@
     python -m mnist_core runs
     python -m mnist_core baseline
     python -m mnist_core predict digit.png --run cnn-small-1a2b3c4d5e6f
+
+Each command imports inside its function what only it needs (the run path, the cluster, the
+baselines), so a command starts without the others' imports.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_core.config import RANGES, ConfigError, Limits, TrainConfig
-from mnist_core.data import DataError
-from mnist_core.runs import RunStore, RunStoreError
+from mnist_core.engine.config import RANGES, TrainConfig
+from mnist_core.settings import ConfigError, Limits
+from mnist_core.engine.data import DataError
+from mnist_core.service.store import RunStore, RunStoreError
 
 if TYPE_CHECKING:  # imported when a sweep runs, not at every command's start
-    from mnist_core.sweeps import SweepPlan
+    from mnist_core.service.sweeps import SweepPlan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 def add_config_arguments(parser: argparse.ArgumentParser, sweepable: bool = False) -> None:
     """One flag per TrainConfig field, typed and defaulted from the dataclass; with `sweepable`,
     the settings a sweep may vary take a comma-separated list of values."""
-    from mnist_core.sweeps import SWEEPABLE
+    from mnist_core.service.sweeps import SWEEPABLE
 
     for field in dataclasses.fields(TrainConfig):
         if field.name == "extra":
@@ -82,7 +86,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from mnist_core.data import class_counts, load_mnist, pixel_stats
+    from mnist_core.engine.data import class_counts, load_mnist, pixel_stats
 
     data = load_mnist(progress=download_progress)
     mean, std = pixel_stats(data.train_images)
@@ -102,16 +106,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mnist_core import fused_layers
-    from mnist_core.data import load_mnist
-    from mnist_core.jobs import HOST, current, execute, run_id_for, submit
-    from mnist_core.runs import REUSABLE
-    from mnist_core.train import import_optimizer_support, uses_optimizer_step
+    from mnist_core.speed import fused_layers
+    from mnist_core.engine.data import load_mnist
+    from mnist_core.service.lifecycle import HOST, current, run_id_for
+    from mnist_core.service.jobs import execute, submit
+    from mnist_core.service.store import REUSABLE
+    from mnist_core.engine.train import uses_optimizer_step
+    from mnist_core.speed.seam import start_optimizer_import
 
     phases = Phases(args.profile)
     config = config_from_args(args)
     # meanwhile, the data loads (gzip and MD5 free the GIL)
-    optimizer_support = import_optimizer_support() if uses_optimizer_step(config) else None
+    optimizer_support = start_optimizer_import() if uses_optimizer_step(config) else None
     store = RunStore(args.runs_dir)
     known = current(store, run_id_for(config))
     # Data first (unless the run is cached): a claimed run must never wait on a missing file.
@@ -193,10 +199,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import getpass
     import time
 
-    from mnist_core.access import Person
-    from mnist_core.cluster import start_pool
-    from mnist_core.runs import ACTIVE
-    from mnist_core.sweeps import launch
+    from mnist_core.service.access import Person
+    from mnist_core.service.cluster import start_pool
+    from mnist_core.service.store import ACTIVE
+    from mnist_core.service.sweeps import launch
 
     store = RunStore(args.runs_dir)
     limits = Limits.from_env()
@@ -222,7 +228,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def sweep_plan(args: argparse.Namespace) -> SweepPlan:
     """The sweep the arguments ask for: a setting given several comma-separated values is an axis."""
-    from mnist_core.sweeps import SWEEPABLE, SweepPlan, parse_values
+    from mnist_core.service.sweeps import SWEEPABLE, SweepPlan, parse_values
 
     axes, base = {}, {}
     for name in [f.name for f in dataclasses.fields(TrainConfig) if f.name != "extra"]:
@@ -237,8 +243,8 @@ def sweep_plan(args: argparse.Namespace) -> SweepPlan:
 
 def train_members_here(store: RunStore, sweep_id: str) -> None:
     """Without a cluster, this process trains the sweep's queued members one after another."""
-    from mnist_core.data import load_mnist
-    from mnist_core.jobs import execute
+    from mnist_core.engine.data import load_mnist
+    from mnist_core.service.jobs import execute
 
     data = load_mnist(progress=download_progress)
     for member in store.sweep_members(sweep_id):
@@ -252,7 +258,7 @@ def train_members_here(store: RunStore, sweep_id: str) -> None:
 
 def print_sweep(store: RunStore, sweep_id: str, seconds: float) -> int:
     """Every member's accuracy and status, then the best; exit code 0 when all finished."""
-    from mnist_core.sweeps import member_names, state
+    from mnist_core.service.sweeps import member_names, state
 
     now = state(store, sweep_id)
     names = member_names(now)
@@ -272,7 +278,7 @@ def accuracy_text(value: float | None) -> str:
 
 
 def cluster_named() -> bool:
-    from mnist_core.cluster import ray_address
+    from mnist_core.service.cluster import ray_address
 
     return ray_address() is not None
 
@@ -283,7 +289,7 @@ def print_run(record) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from mnist_core.jobs import recover
+    from mnist_core.service.lifecycle import recover
 
     store = RunStore(args.runs_dir)
     recover(store)  # runs of processes that died show as interrupted, not running
@@ -300,8 +306,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_baseline(args: argparse.Namespace) -> int:
     import time
 
-    from mnist_core.baselines import nearest_mean_baseline, pair_similarity
-    from mnist_core.data import load_mnist
+    from mnist_core.engine.baselines import nearest_mean_baseline, pair_similarity
+    from mnist_core.engine.data import load_mnist
 
     data = load_mnist(progress=download_progress)
     start = time.perf_counter()
@@ -315,8 +321,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mnist_core.predict import load_run_model, predict_image
-    from mnist_core.preprocess import load_uploaded_image
+    from mnist_core.service.results import load_run_model
+    from mnist_core.engine.predict import predict_image
+    from mnist_core.engine.preprocess import load_uploaded_image
 
     model = load_run_model(RunStore(args.runs_dir), args.run)
     gray = load_uploaded_image(args.image.read_bytes())

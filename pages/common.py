@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
-from mnist_core import access, summaries
-from mnist_core.access import Person
-from mnist_core.config import Limits
-from mnist_core.data import (
+from mnist_core.service import access
+from mnist_core.teach import summaries
+from mnist_core.service.access import Person
+from mnist_core.settings import Limits
+from mnist_core.engine.data import (
     MAX_UPLOAD_FILE_BYTES,
     DataError,
     DataMissing,
@@ -30,13 +30,14 @@ from mnist_core.data import (
     load_mnist,
     log_refusal,
 )
-from mnist_core.device import describe_device
-from mnist_core.glossary import explain
-from mnist_core.history import visible_runs
-from mnist_core.jobs import JobQueue
-from mnist_core.predict import finished_runs
-from mnist_core.runs import RunRecord, RunStore
-from mnist_core.text import plain, report
+from mnist_core.engine.device import describe_device
+from mnist_core.teach.glossary import explain
+from mnist_core.service.history import visible_runs
+from mnist_core.service.job_queue import JobQueue
+from mnist_core.service.results import finished_runs
+from mnist_core.service.store import RunRecord, RunStore
+from mnist_core.teach.text import plain, report
+from pages.streamlit_shim import navigate_with_app_only
 
 
 @st.cache_resource(show_spinner="Opening the run store…")
@@ -93,7 +94,7 @@ def warm_up(wait_s: float = 90.0) -> dict[str, float]:
     server's log. A wrong setting raises SettingError before anything starts; missing data skips
     the figures (the pages offer the upload).
     """
-    from mnist_core.config import check_settings
+    from mnist_core.settings import check_settings
 
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -107,7 +108,7 @@ def warm_up(wait_s: float = 90.0) -> dict[str, float]:
     check_settings()
     # Beside a pages/ folder, Streamlit would serve a first deep link (/evaluate) in its legacy
     # folder mode, the bare page without app.py's navigation; app.py always navigates.
-    PagesManager.uses_pages_directory = False
+    navigate_with_app_only()
     for name in page_imports():
         importlib.import_module(name)
     import plotly.express as px  # its figure machinery loads lazily, at the first figure

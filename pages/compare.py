@@ -10,9 +10,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from mnist_core import access
-from mnist_core.glossary import FIELD_TERMS
-from mnist_core.history import (
+from mnist_core.service import access
+from mnist_core.teach.glossary import FIELD_TERMS
+from mnist_core.service.history import (
     HYPERPARAMETERS,
     accuracy_range,
     curves_frame,
@@ -22,9 +22,9 @@ from mnist_core.history import (
     runs_frame,
     visible_runs,
 )
-from mnist_core.naming import run_colour
-from mnist_core.runs import RunStoreError
-from mnist_core.text import plain
+from mnist_core.engine.naming import run_colour
+from mnist_core.service.store import RunStoreError
+from mnist_core.teach.text import plain
 from pages.common import current_person, get_store, help_text, limits, scope_owner
 
 TABLE_COLUMNS = (  # results first, so they stay in view on narrow screens

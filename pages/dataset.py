@@ -4,8 +4,8 @@ from pages.common import help_text, require_data
 
 import streamlit as st
 
-from mnist_core import pictures
-from mnist_core.explore import (
+from mnist_core.teach import pictures
+from mnist_core.teach.explore import (
     SPLITS,
     class_share_chart,
     page_count,
@@ -14,7 +14,7 @@ from mnist_core.explore import (
     split_arrays,
     upscale,
 )
-from mnist_core.summaries import split_maps, split_stats
+from mnist_core.teach.summaries import split_maps, split_stats
 
 PER_PAGE_CHOICES = (24, 48, 96)
 THUMB_SCALE = 3  # 28 px digits shown as 84 px squares

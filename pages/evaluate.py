@@ -8,22 +8,20 @@ import streamlit as st
 import torch
 from pandas.io.formats.style import Styler
 
-from mnist_core import pictures
-from mnist_core.evaluate import Evaluation
-from mnist_core.glossary import notes
-from mnist_core.predict import (
+from mnist_core.teach import pictures
+from mnist_core.engine.evaluate import Evaluation
+from mnist_core.teach.glossary import notes
+from mnist_core.engine.predict import (
     Example,
     cell_examples,
     cell_from_table_state,
     class_table,
     confident_mistakes,
-    default_run_index,
     enlarge,
-    load_evaluation,
     most_confused,
-    run_label,
 )
-from mnist_core.text import report
+from mnist_core.service.results import default_run_index, load_evaluation, run_label
+from mnist_core.teach.text import report
 from pages.common import get_store, help_text, load_data, require_data, require_finished_runs
 
 DIGITS = list(range(10))

@@ -4,9 +4,9 @@ from pages.common import help_text, load_data
 
 import streamlit as st
 
-from mnist_core.data import describe_data
-from mnist_core.explore import summarise
-from mnist_core.glossary import notes
+from mnist_core.engine.data import describe_data
+from mnist_core.teach.explore import summarise
+from mnist_core.teach.glossary import notes
 
 # (page file, label, what the reader learns there), in the suggested order.
 PATH = [

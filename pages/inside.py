@@ -7,15 +7,17 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from mnist_core import access, insight
-from mnist_core.access import Person
-from mnist_core.data import normalise
-from mnist_core.models import Classifier
-from mnist_core.predict import enlarge, load_run_model, run_label
-from mnist_core.preprocess import normalise as normalise_drawing
-from mnist_core.runs import RunStoreError
-from mnist_core.summaries import digit_means
-from mnist_core.text import plain, report
+from mnist_core.service import access, results
+from mnist_core.engine import insight
+from mnist_core.service.access import Person
+from mnist_core.engine.data import normalise
+from mnist_core.engine.models import Classifier
+from mnist_core.engine.predict import enlarge
+from mnist_core.service.results import load_run_model, run_label
+from mnist_core.engine.preprocess import normalise as normalise_drawing
+from mnist_core.service.store import RunStoreError
+from mnist_core.teach.summaries import digit_means
+from mnist_core.teach.text import plain, report
 
 TEST, DRAWN = "A test image", "The digit you drew"
 TABS = ("Learned templates", "Feature maps", "Saliency", "Embedding")
@@ -51,7 +53,7 @@ def cached_embedding(run_id: str, finished: float | None, method: str, space: st
     visitor may: see insight.cached_embedding)."""
     data = load_data()
     assert data is not None, "require_data() ran first"
-    return insight.cached_embedding(get_store(), run_id, cached_model(run_id, finished), data.test_images,
+    return results.cached_embedding(get_store(), run_id, cached_model(run_id, finished), data.test_images,
                                     method, space, person=_person, limits=limits())
 
 

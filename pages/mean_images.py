@@ -6,10 +6,10 @@ import numpy as np
 import streamlit as st
 import torch
 
-from mnist_core import pictures
-from mnist_core.baselines import difference_image
-from mnist_core.explore import top_confusions, upscale
-from mnist_core.summaries import baseline, digit_means, pair_accuracy
+from mnist_core.teach import pictures
+from mnist_core.engine.baselines import difference_image
+from mnist_core.teach.explore import top_confusions, upscale
+from mnist_core.teach.summaries import baseline, digit_means, pair_accuracy
 
 DIGITS = list(range(10))
 MEAN_SCALE = 3  # 28 px averages shown as 84 px squares, ten in a row

@@ -11,15 +11,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core import access, sweeps
-from mnist_core.config import ConfigError, TrainConfig
-from mnist_core.history import accuracy_range, format_duration, step_frame, thin
-from mnist_core.models import MODELS
-from mnist_core.naming import format_value, run_colour
-from mnist_core.predict import load_evaluation
-from mnist_core.sweeps import LABELS, SweepPlan
-from mnist_core.text import plain, report
-from mnist_core.glossary import FIELD_TERMS
+from mnist_core.service import access, sweeps
+from mnist_core.settings import ConfigError
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.history import accuracy_range, format_duration, step_frame, thin
+from mnist_core.engine.models import MODELS
+from mnist_core.engine.naming import format_value, run_colour
+from mnist_core.service.results import load_evaluation
+from mnist_core.service.sweeps import LABELS, SweepPlan
+from mnist_core.teach.text import plain, report
+from mnist_core.teach.glossary import FIELD_TERMS
 from pages.common import claim_for_session, current_person, get_queue, get_store, help_text, limits, load_data
 
 REFRESH_KEY = "sweep_refresh"  # session_state: the explorer re-reads the store every few seconds

@@ -13,27 +13,22 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from mnist_core.config import CHOICES, RANGES, RECIPES, ConfigError, TrainConfig
-from mnist_core.device import available_devices
-from mnist_core.history import (
-    CONFIG_COLUMNS,
-    device_label,
-    epoch_frame,
-    outcome,
-    format_duration,
-    progress_from_step,
-    settings_for_form,
-    runs_frame,
-    step_frame,
-    thin,
+from mnist_core.engine.config import CHOICES, RANGES, RECIPES, TrainConfig
+from mnist_core.settings import ConfigError
+from mnist_core.engine.device import available_devices
+from mnist_core.service.history import (
+    CONFIG_COLUMNS, device_label, epoch_frame, metrics_revision, outcome, progress_from_step, runs_frame,
+    settings_for_form, step_frame, thin,
 )
-from mnist_core import access
-from mnist_core.glossary import ENTRIES, FIELD_TERMS, notes
-from mnist_core.jobs import current, first_step_soon, queue_table
-from mnist_core.lessons import what_happened
-from mnist_core.models import MODELS
-from mnist_core.runs import ACTIVE, RunRecord
-from mnist_core.text import plain
+from mnist_core.service import access
+from mnist_core.teach.glossary import ENTRIES, FIELD_TERMS, notes
+from mnist_core.service.lifecycle import current
+from mnist_core.service.jobs import first_step_soon
+from mnist_core.service.waiting import place_text, queue_table
+from mnist_core.teach.lessons import what_happened
+from mnist_core.engine.models import MODELS
+from mnist_core.service.store import ACTIVE, RunRecord
+from mnist_core.teach.text import plain
 from pages.common import (
     claim_for_session,
     current_person,
@@ -241,12 +236,6 @@ def show_notice(record: RunRecord) -> None:
         st.success("Launched. You may leave this page: the run keeps training on the server.")
 
 
-def metrics_revision(record: RunRecord, last_step: dict | None) -> tuple:
-    """Changes whenever the run has new metrics: the cache key of its figures, so a tab that
-    polls a run which has not moved since the last poll rebuilds nothing."""
-    return record.created, record.status, record.epochs_done, last_step["step"] if last_step else None
-
-
 # The figures are cached as shared objects (cache_resource), never modified once built: cache_data
 # would hand each poll of each watching tab a copy, unpickled and re-validated by Plotly, about a
 # third of a poll's server time.
@@ -302,10 +291,7 @@ def show_progress(record: RunRecord, last_step: dict | None) -> None:
         if place is None:
             st.info("Queued: waiting for a free trainer.")
             return
-        ahead = "it is next" if place.position == 1 else f"{place.position - 1} run(s) ahead of it"
-        start = (f" Estimated start: in about {format_duration(place.start_in_s)}."
-                 if place.start_in_s is not None else "")
-        st.info(f"Waiting in the queue: position {place.position} ({ahead}).{start}")
+        st.info(place_text(place))
         return
     if last_step is None:
         st.progress(0.0, text="Starting: the trainer has taken this run…")
@@ -417,22 +403,27 @@ def young(record: RunRecord, last_step: dict | None) -> bool:
     return last_step is None or (record.started is not None and time.time() - record.started < FAST_WINDOW_S)
 
 
-def live_run(run_id: str, fast: bool) -> None:
+def poll_live_run(run_id: str, fast: bool) -> None:
     """Re-read the store while the run is active: every FIRST_POLL_S while it is young, then
     every POLL_S (often enough to look live, rarely enough that a class of watching tabs leaves
     the trainer its CPU). When the run ends, or stops being young, rerun the whole page, which
     draws the final view once or polls at the slower pace."""
+    record = current(get_store(), run_id)
+    if record is None or not record.active:
+        st.rerun()
+    if fast and not young(record, get_store().last_step(run_id)):
+        st.rerun()
+    show_run(record)
 
-    def poll() -> None:
-        record = current(get_store(), run_id)
-        if record is None or not record.active:
-            st.rerun()
-        if fast and not young(record, get_store().last_step(run_id)):
-            st.rerun()
-        show_run(record)
 
-    poll.__qualname__ = f"live_run_{'fast' if fast else 'steady'}"  # one fragment per pace
-    st.fragment(poll, run_every=FIRST_POLL_S if fast else POLL_S)()
+@st.fragment(run_every=FIRST_POLL_S)
+def live_run_fast(run_id: str) -> None:  # one fragment per pace: a fragment is known by its function's name
+    poll_live_run(run_id, fast=True)
+
+
+@st.fragment(run_every=POLL_S)
+def live_run_steady(run_id: str) -> None:
+    poll_live_run(run_id, fast=False)
 
 
 read_only = limits().read_only
@@ -475,7 +466,7 @@ with st.container(key=RUN_SECTION):
         remember(record.id)  # also puts ?run= back into a URL that lost it
         show_notice(record)
         if record.active:
-            live_run(record.id, fast=young(record, get_store().last_step(record.id)))
+            (live_run_fast if young(record, get_store().last_step(record.id)) else live_run_steady)(record.id)
         else:
             show_run(record)
         st.button(

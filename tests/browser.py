@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mnist_core import serve
-from mnist_core.bench_pages import DRAWN_JS, PAGE_TITLES
-from mnist_core.serve import CHROMIUM, CHROMIUM_ARGS, Server, descendants, memory_of, visitor_cookie  # noqa: F401  (used by the tests)
+from mnist_core.bench import serve
+from mnist_core.bench.pages import DRAWN_JS, PAGE_TITLES
+from mnist_core.bench.serve import CHROMIUM, CHROMIUM_ARGS, Server, descendants, memory_of, visitor_cookie  # noqa: F401  (used by the tests)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -29,7 +29,7 @@ PAGES = PAGE_TITLES  # url path -> the title the page shows (as the page bench r
 
 @contextmanager
 def streamlit_server(env_overrides: dict[str, str] | None = None, args: list[str] | None = None) -> Iterator[Server]:
-    """The dashboard in a child process (mnist_core.serve), skipped without MNIST data and
+    """The dashboard in a child process (mnist_core.bench.serve), skipped without MNIST data and
     failing the test with the server's log if it does not come up."""
     if not os.environ.get("MNIST_DATA_DIR"):
         pytest.skip("MNIST_DATA_DIR is not set")
@@ -59,7 +59,7 @@ def launch_options() -> dict:
 
 @contextmanager
 def chromium() -> Iterator[Browser]:
-    """A headless system Chromium (mnist_core.serve), skipped or failed without it."""
+    """A headless system Chromium (mnist_core.bench.serve), skipped or failed without it."""
     require_chromium()
     with serve.chromium() as browser:
         yield browser

@@ -15,6 +15,24 @@ os.environ["MNIST_NO_DOWNLOAD"] = "1"
 
 ROOT = Path(__file__).resolve().parent.parent
 SVG_URL = "data:image/svg+xml;base64,"
+# Printed at the top of every test run, so a CI log says which versions the tests passed with.
+REPORTED_PACKAGES = ("torch", "torchvision", "streamlit", "numpy", "pandas", "plotly", "pillow", "safetensors",
+                     "scikit-learn", "ray", "playwright", "import-linter")
+
+
+def pytest_report_header(config) -> str:
+    """One line: the Python and the installed versions of the packages the tests exercise."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return "versions: " + ", ".join([f"python {platform.python_version()}",
+                                     *(f"{name} {installed(name)}" for name in REPORTED_PACKAGES)])
 
 
 def svg_from_url(url: str) -> str | None:
@@ -29,13 +47,13 @@ def mnist():
     """The real MNIST set from MNIST_DATA_DIR; tests that need it are skipped without it."""
     if not os.environ.get("MNIST_DATA_DIR"):
         pytest.skip("MNIST_DATA_DIR is not set")
-    from mnist_core.data import load_mnist
+    from mnist_core.engine.data import load_mnist
 
     return load_mnist(allow_download=False)
 
 
 @pytest.fixture()
 def store(tmp_path):
-    from mnist_core.runs import RunStore
+    from mnist_core.service.store import RunStore
 
     return RunStore(tmp_path / "runs")

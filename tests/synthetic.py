@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mnist_core.data import Mnist
+from mnist_core.engine.data import Mnist
 
 
 def synthetic_mnist(n_train: int = 600, n_test: int = 200, seed: int = 0) -> Mnist:
@@ -29,7 +29,7 @@ FAILING_SEED = 990_001  # a run with this seed crashes inside `train_or_crash`
 def train_or_crash(config, data, **kwargs):
     """The real trainer, except that runs seeded FAILING_SEED crash as a full disk would: injected
     into warm workers (`JobQueue(train=...)`) to test how a crash inside training ends."""
-    from mnist_core.train import train
+    from mnist_core.engine.train import train
 
     if config.seed == FAILING_SEED:
         raise OSError("disk gone")
@@ -41,7 +41,8 @@ def train_here(store, config, data) -> str:
     by this process as it is created, so no warm worker of a page's queue can take it."""
     import os
 
-    from mnist_core.jobs import HOST, execute, run_id_for
+    from mnist_core.service.lifecycle import HOST, run_id_for
+    from mnist_core.service.jobs import execute
 
     run_id = run_id_for(config)
     store.enqueue(run_id, config.to_dict(), "tests", worker=(os.getpid(), HOST))

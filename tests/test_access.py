@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mnist_core import access
-from mnist_core.access import NameTaken, NotAllowed, Person
-from mnist_core.config import ConfigError, Limits, SettingError, TrainConfig, check_settings
-from mnist_core.history import leaderboard, runs_frame, visible_runs
-from mnist_core.jobs import HOST, run_id_for, submit
-from mnist_core.runs import RunStore
+from mnist_core.service import access
+from mnist_core.service.access import NameTaken, NotAllowed, Person
+from mnist_core.settings import ConfigError, Limits, SettingError, check_settings
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.history import leaderboard, runs_frame, visible_runs
+from mnist_core.service.lifecycle import HOST, run_id_for
+from mnist_core.service.jobs import submit
+from mnist_core.service.store import RunStore
 
 ADA, BOB, TEACHER = Person("Ada"), Person("Bob"), Person("Tess", teacher=True)
 MARKUP = set("[]()<>*_`#!|\\{}~:/&;\"=")
@@ -182,7 +184,7 @@ def test_settings_spelled_as_people_do(monkeypatch):
         assert Limits.from_env().read_only is expected
     monkeypatch.setenv("MNIST_MAX_QUEUED_PER_SESSION", "7")  # the earlier name still works
     assert Limits.from_env().max_queued_per_person == 7
-    from mnist_core.cluster import ray_address
+    from mnist_core.service.cluster import ray_address
 
     for address in ("auto", "10.0.0.5:6379", "ray://head.example.org:10001"):
         monkeypatch.setenv("MNIST_RAY_ADDRESS", f" {address} ")

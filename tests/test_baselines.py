@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_core.baselines import (
+from mnist_core.engine.baselines import (
     BaselineResult,
     difference_image,
     distances,
@@ -160,7 +160,7 @@ def test_bad_arguments_are_clear_errors() -> None:
 
 @pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
 def test_real_mnist_baselines() -> None:
-    from mnist_core.data import load_mnist
+    from mnist_core.engine.data import load_mnist
 
     data = load_mnist(allow_download=False)
     args = (data.train_images, data.train_labels, data.test_images, data.test_labels)

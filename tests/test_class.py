@@ -17,10 +17,10 @@ import weakref
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from mnist_core import serve
-from mnist_core.jobs import run_id_for
-from mnist_core.config import TrainConfig
-from mnist_core.runs import RunStore
+from mnist_core.bench import serve
+from mnist_core.service.lifecycle import run_id_for
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.store import RunStore
 from tests.browser import (
     chromium,
     exception_texts,
@@ -189,9 +189,9 @@ def test_a_tab_elsewhere_polls_a_live_run_at_the_pace_the_page_asks(server):
     """The classroom bench's tabs "elsewhere" (RemoteTabs: a watching tab's own messages, no
     browser) must make the server do a real tab's work: run the Train page, then answer the live
     fragment's timed reruns with fresh charts, and follow the page to its slower pace."""
-    from mnist_core.config import Limits
-    from mnist_core.jobs import submit
-    from mnist_core.remote_tabs import RemoteTabs
+    from mnist_core.settings import Limits
+    from mnist_core.service.jobs import submit
+    from mnist_core.bench.remote_tabs import RemoteTabs
 
     store = RunStore(server.runs_dir)
     config = TrainConfig(model="linear", epochs=50, seed=777)

@@ -53,7 +53,7 @@ def test_train_runs_predict_and_baseline(mnist, tmp_path):
 
 def test_sweep_trains_each_member_once_and_refuses_bad_lists(mnist, tmp_path, monkeypatch, capsys):
     from mnist_core.cli import main
-    from mnist_core.runs import RunStore
+    from mnist_core.service.store import RunStore
 
     runs = tmp_path / "runs"
     swept = cli("sweep", "--model", "linear", "--lr", "1e-3,1e-2", "--batch-size", "256", "--name", "two rates",

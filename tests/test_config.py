@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from mnist_core.config import ConfigError, Limits, TrainConfig
+from mnist_core.settings import ConfigError, Limits
+from mnist_core.engine.config import TrainConfig
 from tests.conftest import ROOT
 
 
@@ -36,7 +37,7 @@ def test_hash_is_stable_and_sensitive():
     assert a.config_hash() != a.replace(seed=1).config_hash()
     # Stable across processes (no reliance on Python's randomised hash()).
     other = subprocess.run(
-        [sys.executable, "-c", "from mnist_core.config import TrainConfig; print(TrainConfig().config_hash())"],
+        [sys.executable, "-c", "from mnist_core.engine.config import TrainConfig; print(TrainConfig().config_hash())"],
         capture_output=True, text=True, cwd=ROOT, check=True,
     ).stdout.strip()
     assert other == a.config_hash()

@@ -12,19 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_core.config import RECIPES, TrainConfig
-from mnist_core import fused_layers
-from mnist_core.fused_layers import ConvPoolReLU
-from mnist_core.cpu_speed import (
+from mnist_core.engine.config import RECIPES, TrainConfig
+from mnist_core.speed import fused_layers
+from mnist_core.speed.fused_layers import ConvPoolReLU
+from mnist_core.speed.cpu_speed import (
     INFERENCE_ACTIVATION_BYTES, BatchParts, batch_parts_for, for_cpu_inference, for_cpu_training, inference_batch,
     keep_freed_memory, largest_activation, pool_before_relu, splits_exactly, torch_threads,
 )
-from mnist_core.data import normalise
-from mnist_core.evaluate import predict_proba
-from mnist_core import synced_batchnorm
-from mnist_core.models import MODELS, build_model
-from mnist_core.synced_batchnorm import SyncedBatchNorm, sync_batch_norms
-from mnist_core.train import make_optimizer, start_session, train
+from mnist_core.engine.data import normalise
+from mnist_core.engine.evaluate import predict_proba
+from mnist_core.speed import synced_batchnorm
+from mnist_core.engine.models import MODELS, build_model
+from mnist_core.speed.synced_batchnorm import SyncedBatchNorm, sync_batch_norms
+from mnist_core.engine.train import make_optimizer, start_session, train
 from tests.synthetic import synthetic_mnist
 
 

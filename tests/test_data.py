@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_core import data
-from mnist_core.data import (
+from mnist_core.engine import data
+from mnist_core.engine.data import (
     DataError,
     DataMissing,
     DataRefused,
@@ -200,7 +200,7 @@ def test_found_but_unusable_files_are_refused_with_the_operators_reason(
     assert error.public == "MNIST files on this server could not be used; the operator's log says why."
     assert_no_path(error.public, tmp_path)
 
-    with caplog.at_level(logging.WARNING, logger="mnist_core.data"):
+    with caplog.at_level(logging.WARNING, logger="mnist_core.engine.data"):
         for _ in range(3):  # three page views, one log line
             log_refusal(error)
     assert [r.getMessage() for r in caplog.records] == [str(error)]
@@ -258,7 +258,7 @@ def test_a_refused_upload_names_only_the_visitors_file_and_is_not_logged(tmp_pat
         install_files({str(tmp_path / "dir" / "upload.gz"): idx_images(tiny[0])[:-3]}, tmp_path / "cache")
     assert info.value.public.startswith("upload.gz: ") and "truncated" in info.value.public
     assert_no_path(info.value.public, tmp_path)
-    with caplog.at_level(logging.WARNING, logger="mnist_core.data"):
+    with caplog.at_level(logging.WARNING, logger="mnist_core.engine.data"):
         log_refusal(info.value)
     assert not caplog.records
 

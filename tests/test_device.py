@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_core.device import available_devices, describe_device, resolve_device, use_bf16
+from mnist_core.engine.device import available_devices, describe_device, resolve_device, use_bf16
 
 CPU = torch.device("cpu")
 

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_core.config import TrainConfig
-from mnist_core.data import Mnist
-from mnist_core.predict import strokes_to_gray
-from mnist_core.preprocess import mnist_style
-from mnist_core.runs import RunStore
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.data import Mnist
+from mnist_core.engine.predict import strokes_to_gray
+from mnist_core.engine.preprocess import mnist_style
+from mnist_core.service.store import RunStore
 from tests.browser import (
     chromium,
     exception_texts,

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from mnist_core.bench_classroom import POINTS_JS  # the step chart's last plotted step, as the bench reads it
+from mnist_core.bench.classroom import POINTS_JS  # the step chart's last plotted step, as the bench reads it
 from tests.browser import (
     PAGES,
     chromium,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_core.data import Mnist
-from mnist_core.explore import (
+from mnist_core.engine.data import Mnist
+from mnist_core.teach.explore import (
     class_count_table,
     class_share_chart,
     page_count,
@@ -131,7 +131,7 @@ def test_pixel_maps_are_exact_per_pixel_mean_and_std() -> None:
 
 
 def test_pixel_maps_match_torch_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mnist_core.explore as explore
+    import mnist_core.teach.explore as explore
 
     monkeypatch.setattr(explore, "PIXEL_CHUNK", 3)  # 10 images: chunks of 3, 3, 3, 1
     gen = torch.Generator().manual_seed(0)

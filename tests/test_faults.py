@@ -20,13 +20,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_core.access import Person
-from mnist_core.config import Limits, TrainConfig
-from mnist_core.data import load_mnist
-from mnist_core.evaluate import predict_proba
-from mnist_core.jobs import JobQueue, pid_alive, recover, run_id_for, submit
-from mnist_core.predict import load_run_model
-from mnist_core.runs import RunStore
+from mnist_core.service.access import Person
+from mnist_core.settings import Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.data import load_mnist
+from mnist_core.engine.evaluate import predict_proba
+from mnist_core.service.job_queue import JobQueue
+from mnist_core.service.lifecycle import pid_alive, recover, run_id_for
+from mnist_core.service.jobs import submit
+from mnist_core.service.results import load_run_model
+from mnist_core.service.store import RunStore
 from tests.conftest import ROOT
 from tests.synthetic import synthetic_mnist
 
@@ -40,10 +43,11 @@ LONG = TrainConfig(model="mlp", epochs=50, batch_size=8)  # minutes of work: kil
 # then a long one.
 SERVER = f"""
 import sys, time
-from mnist_core.access import Person
-from mnist_core.config import Limits, TrainConfig
-from mnist_core.jobs import JobQueue
-from mnist_core.runs import RunStore
+from mnist_core.service.access import Person
+from mnist_core.settings import Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.job_queue import JobQueue
+from mnist_core.service.store import RunStore
 
 queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1), data="tests.synthetic:synthetic_mnist")
 queue.submit(TrainConfig(**{SHORT.to_dict()!r}), Person("alice"))
@@ -55,10 +59,11 @@ while True:  # until the test kills this process
 # A second server process for the race test: submits the same configs at the same instants.
 RACER = """
 import json, sys, time
-from mnist_core.access import Person
-from mnist_core.config import Limits, TrainConfig
-from mnist_core.jobs import JobQueue
-from mnist_core.runs import RunStore
+from mnist_core.service.access import Person
+from mnist_core.settings import Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.job_queue import JobQueue
+from mnist_core.service.store import RunStore
 
 queue = JobQueue(RunStore(sys.argv[1]), Limits(max_concurrent=1, max_queued_per_person=100),
                  data="tests.synthetic:synthetic_mnist")

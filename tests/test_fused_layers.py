@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnist_core import fused_layers, kernel_build
-from mnist_core.fused_layers import (
+from mnist_core.speed import fused_layers, kernel_build
+from mnist_core.speed.fused_layers import (
     ConvPoolReLU, ConvPoolReLUFunction, PoolReLUFlatten, PoolReLUFlattenFunction, covers, fuse_layers,
 )
-from mnist_core.cpu_speed import for_cpu_training, pool_before_relu
-from mnist_core.models import MODELS, build_model
+from mnist_core.speed.cpu_speed import for_cpu_training, pool_before_relu
+from mnist_core.engine.models import MODELS, build_model
 
 needs_kernel = pytest.mark.skipif(kernel_build.compiler() is None and not os.environ.get("MNIST_REQUIRE_KERNEL"),
                                   reason="no C compiler on this machine")
@@ -237,9 +237,9 @@ def test_a_compiler_error_is_said_and_leaves_nothing(tmp_path, monkeypatch):
 def test_without_the_kernel_training_runs_on_torch_ops(tmp_path):
     """A process that cannot build the kernel (here: it is turned off) still trains cnn-small,
     and the command line's early background build honours the switch too (nothing compiled)."""
-    code = ("from mnist_core import kernel_build; kernel_build.start().join(); "
-            "import torch; from mnist_core import fused_layers; from mnist_core.cpu_speed import for_cpu_training; "
-            "from mnist_core.models import build_model; m = for_cpu_training(build_model('cnn-small')); "
+    code = ("from mnist_core.speed import kernel_build; kernel_build.start().join(); "
+            "import torch; from mnist_core.speed import fused_layers; from mnist_core.speed.cpu_speed import for_cpu_training; "
+            "from mnist_core.engine.models import build_model; m = for_cpu_training(build_model('cnn-small')); "
             "m(torch.randn(4, 1, 28, 28)).sum().backward(); print(type(m.features[0]).__name__, fused_layers.status())")
     env = {**os.environ, "MNIST_FUSED_KERNEL": "0", "MNIST_KERNEL_CACHE": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
@@ -251,9 +251,9 @@ def test_without_the_kernel_training_runs_on_torch_ops(tmp_path):
 
 @needs_kernel
 def test_scoring_many_images_goes_through_the_compiled_layer_with_the_plain_models_answers():
-    from mnist_core.cpu_speed import for_cpu_inference
-    from mnist_core.data import normalise
-    from mnist_core.evaluate import predict_proba
+    from mnist_core.speed.cpu_speed import for_cpu_inference
+    from mnist_core.engine.data import normalise
+    from mnist_core.engine.evaluate import predict_proba
     from tests.synthetic import synthetic_mnist
 
     torch.manual_seed(0)

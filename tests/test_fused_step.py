@@ -1,4 +1,4 @@
-"""The direct fused updates (mnist_core/fused_step.py) are `optimizer.step()`, bit for bit."""
+"""The direct fused updates (mnist_core/speed/fused_step.py) are `optimizer.step()`, bit for bit."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_core.config import TrainConfig
-from mnist_core.fused_step import FusedAdamStep, FusedSGDStep, RMSpropStep, applies, construct, direct_step_for, update_for
-from mnist_core.train import start_session, train_step, uses_optimizer_step
+from mnist_core.engine.config import TrainConfig
+from mnist_core.speed import seam as speed
+from mnist_core.speed.seam import update_for
+from mnist_core.speed.fused_step import FusedAdamStep, FusedSGDStep, RMSpropStep, applies, construct, direct_step_for
+from mnist_core.engine.train import start_session, train_step, uses_optimizer_step
 from tests.synthetic import synthetic_mnist
 
 
@@ -139,14 +141,17 @@ def test_workers_and_runs_with_any_optimizer_never_import_dynamo_and_optimizer_s
     an error: an LR scheduler warns when it steps before the optimizer has. A dashboard worker's
     warm-up runs first. There, `construct` also shows it leaves no cache of its own on torch's
     method (this test process has usually imported dynamo already, and then `construct` takes
-    the usual path). Last, one `optimizer.step()` shows the check sees dynamo when it comes in."""
+    the usual path). Last, one `optimizer.step()` shows the check sees dynamo when it comes in.
+    The machine's probe verdict for this torch is made first (here), as the first worker after an
+    upgrade makes it: that one import of dynamo is the probe's, once per machine and torch."""
+    assert all(speed.warm_up().values())  # every private path agrees with torch's public API here
     code = textwrap.dedent("""
         import sys, warnings
         import torch
         warnings.simplefilter("error")
-        from mnist_core.config import TrainConfig
-        from mnist_core.train import train
-        from mnist_core.workers import warm_up
+        from mnist_core.engine.config import TrainConfig
+        from mnist_core.engine.train import train
+        from mnist_core.service.trainer import warm_up
         from tests.synthetic import synthetic_mnist
         warm_up()  # what every dashboard worker runs first: each model and optimizer once
         print("warm_up", "torch._dynamo" in sys.modules)

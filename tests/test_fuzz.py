@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnist_core.data import IMAGE_MAGIC, LABEL_MAGIC, DataError, decompress, install_files, parse_idx
-from mnist_core.preprocess import ImageError, load_uploaded_image, mnist_style
+from mnist_core.engine.data import IMAGE_MAGIC, LABEL_MAGIC, DataError, decompress, install_files, parse_idx
+from mnist_core.engine.preprocess import ImageError, load_uploaded_image, mnist_style
 
 # Pillow warns about the damaged files it is fed here; that is expected, not a finding.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")

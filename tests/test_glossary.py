@@ -11,7 +11,7 @@ the text itself), or in the tooltip of the very element that uses it: the "?" si
 to the word. Glossary texts are taken out before looking for terms, so the words a definition
 uses do not count as uses; so are run names and ids (names, not prose), and tab labels (each
 tab explains its own subject when opened). The terms and their words come from
-mnist_core.glossary, never from this file.
+mnist_core.teach.glossary, never from this file.
 """
 
 from collections.abc import Iterator
@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mnist_core.config import TrainConfig
-from mnist_core.data import Mnist
-from mnist_core.glossary import ENTRIES, GLOSSARY, explain, notes, terms_in
-from mnist_core.jobs import run_id_for
-from mnist_core.naming import run_name
-from mnist_core.runs import RunStore
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.data import Mnist
+from mnist_core.teach.glossary import ENTRIES, GLOSSARY, explain, notes, terms_in
+from mnist_core.service.lifecycle import run_id_for
+from mnist_core.engine.naming import run_name
+from mnist_core.service.store import RunStore
 from tests.conftest import ROOT, svg_from_url
 from tests.synthetic import train_here
 

@@ -10,9 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mnist_core.config import Limits, TrainConfig
-from mnist_core.history import (
+from mnist_core.settings import Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.history import (
     CONFIG_COLUMNS,
+    FORM_COLUMNS,
     HYPERPARAMETERS,
     curves_frame,
     device_label,
@@ -27,7 +29,7 @@ from mnist_core.history import (
     step_frame,
     thin,
 )
-from mnist_core.runs import RunRecord
+from mnist_core.service.store import RunRecord
 
 
 def record(run_id: str, status: str = "finished", accuracy: float | None = 0.9, **config) -> RunRecord:
@@ -190,14 +192,14 @@ def test_settings_for_form_fits_a_stored_config_to_this_deployment():
     assert values["device"] == "auto"  # no CUDA here
     assert values["lr"] == 0.05 and values["model"] == "mlp"
     assert isinstance(values["weight_decay"], float) and isinstance(values["time_budget_s"], float)
-    assert set(values) == set(CONFIG_COLUMNS)
+    assert set(values) == set(FORM_COLUMNS)
     TrainConfig(**values)  # a valid config again
 
 
 def test_settings_for_form_fills_missing_settings_with_defaults():
     values = settings_for_form({"model": "linear"}, Limits(), ["auto", "cpu"])
     defaults = TrainConfig().to_dict()
-    assert all(values[name] == defaults[name] for name in CONFIG_COLUMNS if name != "model")
+    assert all(values[name] == defaults[name] for name in FORM_COLUMNS if name != "model")
     assert values["time_budget_s"] is None
 
 
@@ -209,7 +211,7 @@ def test_device_label_prefers_the_recorded_device():
 
 
 def test_accuracy_range_pads_the_data_but_stays_within_0_and_1():
-    from mnist_core.history import accuracy_range
+    from mnist_core.service.history import accuracy_range
 
     assert accuracy_range([0.9176]) == pytest.approx([0.9126, 0.9226])
     assert accuracy_range([0.5, 0.999]) == pytest.approx([0.4501, 1.0])

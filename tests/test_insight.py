@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_core import insight
-from mnist_core.access import NotAllowed, Person
-from mnist_core.config import Limits
-from mnist_core.data import normalise
-from mnist_core.models import MODELS, build_model
+from mnist_core.engine import insight
+from mnist_core.service import results
+from mnist_core.service.access import NotAllowed, Person
+from mnist_core.settings import Limits
+from mnist_core.engine.data import normalise
+from mnist_core.engine.models import MODELS, build_model
 from tests.synthetic import synthetic_mnist
 
 
@@ -215,22 +216,22 @@ def test_embed_rejects_unknown_choices(digits):
 def test_cached_embedding_is_computed_once_then_loaded(store, digits, monkeypatch):
     store.create_run("linear-abc", {"model": "linear"}, status="finished")
     net = model("linear")
-    first = insight.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", n=80)
+    first = results.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", n=80)
     assert store.has_tensors("linear-abc", "embedding_pca")
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("recomputed instead of loading from the store")
 
-    monkeypatch.setattr(insight, "embed", must_not_run)
-    again = insight.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", n=80)
+    monkeypatch.setattr(results, "embed", must_not_run)
+    again = results.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", n=80)
     assert np.array_equal(first.coords, again.coords)
     assert np.array_equal(first.indices, again.indices)
     assert np.array_equal(first.predictions, again.predictions)
     # Another subset size or another space is a different embedding: it is computed.
     with pytest.raises(AssertionError, match="recomputed"):
-        insight.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", n=40)
+        results.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", n=40)
     with pytest.raises(AssertionError, match="recomputed"):
-        insight.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", space="pixels", n=80)
+        results.cached_embedding(store, "linear-abc", net, digits.test_images, "pca", space="pixels", n=80)
 
 
 def test_embedding_names():
@@ -276,7 +277,7 @@ def test_a_damaged_stored_embedding_is_computed_again(store, digits):
     store.create_run("mlp-abc", {"model": "mlp"}, status="finished")
     store.tensor_path("mlp-abc", "embedding_pca").parent.mkdir(parents=True)
     store.tensor_path("mlp-abc", "embedding_pca").write_bytes(b"not a safetensors file")
-    result = insight.cached_embedding(store, "mlp-abc", model("mlp"), digits.test_images, "pca", n=50)
+    result = results.cached_embedding(store, "mlp-abc", model("mlp"), digits.test_images, "pca", n=50)
     assert result.coords.shape == (50, 2)
     assert np.array_equal(store.load_tensors("mlp-abc", "embedding_pca")["coords"].numpy(), result.coords)
 
@@ -288,11 +289,11 @@ def test_embeddings_on_a_shared_deployment_respect_owner_and_read_only(store, di
     store.request_stop("linear-adas")
     net, bob, ada = model("linear"), Person("Bob"), Person("Ada")
     with pytest.raises(NotAllowed, match="owner or the teacher"):
-        insight.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=bob, limits=Limits())
+        results.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=bob, limits=Limits())
     read_only = Limits(read_only=True)
     with pytest.raises(NotAllowed, match="read-only"):
-        insight.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=ada, limits=read_only)
-    pca = insight.cached_embedding(store, "linear-adas", net, digits.test_images, "pca", n=30, person=bob, limits=read_only)
+        results.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=ada, limits=read_only)
+    pca = results.cached_embedding(store, "linear-adas", net, digits.test_images, "pca", n=30, person=bob, limits=read_only)
     assert pca.coords.shape == (30, 2) and not store.has_tensors("linear-adas", "embedding_pca")  # shown, not stored
-    insight.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=ada, limits=Limits())
+    results.cached_embedding(store, "linear-adas", net, digits.test_images, "tsne", n=30, person=ada, limits=Limits())
     assert store.has_tensors("linear-adas", "embedding_tsne")

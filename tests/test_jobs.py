@@ -14,11 +14,15 @@ import time
 
 import pytest
 
-from mnist_core.access import Person
-from mnist_core.config import ConfigError, Limits, TrainConfig
-from mnist_core.jobs import HOST, JobQueue, current, execute, first_step_soon, recover, run_id_for, submit, waiting_line
-from mnist_core.predict import load_run_model
-from mnist_core.runs import RunStore
+from mnist_core.service.access import Person
+from mnist_core.settings import ConfigError, Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.lifecycle import HOST, current, recover, run_id_for
+from mnist_core.service.job_queue import JobQueue
+from mnist_core.service.jobs import execute, first_step_soon, submit
+from mnist_core.service.waiting import waiting_line
+from mnist_core.service.results import load_run_model
+from mnist_core.service.store import RunStore
 from tests.conftest import ROOT
 from tests.synthetic import FAILING_SEED
 

@@ -1,13 +1,13 @@
-"""mnist_core.lessons: the "what just happened" note on made-up epochs, one test per branch,
+"""mnist_core.teach.lessons: the "what just happened" note on made-up epochs, one test per branch,
 and the settings a model and optimizer leave unused."""
 
 from __future__ import annotations
 
 import pytest
 
-from mnist_core.config import TrainConfig
-from mnist_core.lessons import what_happened
-from mnist_core.runs import RunRecord
+from mnist_core.engine.config import TrainConfig
+from mnist_core.teach.lessons import what_happened
+from mnist_core.service.store import RunRecord
 
 
 def run(status: str = "finished", test_accuracy: float | None = 0.98) -> RunRecord:

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from mnist_core.runs import RunStore
+from mnist_core.service.store import RunStore
 from tests.browser import (
     IDLE_JS,
     SEEN_EXCEPTIONS_JS,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnist_core.models import MODELS, build_model
+from mnist_core.engine.models import MODELS, build_model
 
 
 @pytest.mark.parametrize("name", list(MODELS))

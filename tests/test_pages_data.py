@@ -167,7 +167,7 @@ def test_mean_images_page_shows_the_baseline_accuracy(mnist) -> None:
 
 
 def test_pages_without_data_show_the_fix(monkeypatch, tmp_path) -> None:
-    from mnist_core.data import load_cached
+    from mnist_core.engine.data import load_cached
 
     (tmp_path / "data").mkdir()
     (tmp_path / "cache").mkdir()
@@ -210,7 +210,7 @@ def assert_no_server_path(at: AppTest, *folders: Path) -> None:
 def test_corrupt_data_gets_a_short_refusal_and_no_path(monkeypatch, tmp_path) -> None:
     import struct
 
-    from mnist_core.data import FILES, load_cached
+    from mnist_core.engine.data import FILES, load_cached
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from mnist_core.config import TrainConfig
-from mnist_core.jobs import run_id_for
-from mnist_core.predict import finished_runs, load_evaluation, load_run_model, most_confused, predict_upload
-from mnist_core.preprocess import ImageError
-from mnist_core.runs import RunStore
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.lifecycle import run_id_for
+from mnist_core.service.results import finished_runs, load_evaluation, load_run_model
+from mnist_core.engine.predict import most_confused, predict_upload
+from mnist_core.engine.preprocess import ImageError
+from mnist_core.service.store import RunStore
 from tests.synthetic import train_here
 
 EVALUATE, DRAW = "pages/evaluate.py", "pages/draw.py"

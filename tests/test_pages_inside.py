@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mnist_core import insight
-from mnist_core.config import TrainConfig
-from mnist_core.data import Mnist
-from mnist_core.jobs import run_id_for
-from mnist_core.predict import finished_runs
-from mnist_core.runs import RunStore
+from mnist_core.engine import insight
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.data import Mnist
+from mnist_core.service.lifecycle import run_id_for
+from mnist_core.service.results import finished_runs
+from mnist_core.service.store import RunStore
 from tests.conftest import ROOT
 from tests.synthetic import train_here
 

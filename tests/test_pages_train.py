@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mnist_core.access import claim_name, new_token
-from mnist_core.config import Limits, TrainConfig
-from mnist_core.history import CONFIG_COLUMNS
-from mnist_core.runs import ACTIVE, RunStore
+from mnist_core.service.access import claim_name, new_token
+from mnist_core.settings import Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.history import FORM_COLUMNS
+from mnist_core.service.store import ACTIVE, RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -114,7 +115,7 @@ def trained(runs: RunStore) -> str:
 def test_train_page_offers_every_setting_with_help():
     at = open_page("pages/train.py")
     keys = {w.key for kind in (at.selectbox, at.number_input, at.slider) for w in kind}
-    for field in CONFIG_COLUMNS:  # every TrainConfig setting
+    for field in FORM_COLUMNS:  # every TrainConfig setting the form offers
         assert f"train_{field}" in keys, field
     for kind in (at.selectbox, at.number_input, at.slider):
         for widget in kind:
@@ -368,7 +369,7 @@ def test_a_crafted_run_link_is_shown_as_text_not_markdown():
 
 
 def test_a_recipe_button_fills_the_form_with_the_tuned_settings():
-    from mnist_core.config import RECIPES
+    from mnist_core.engine.config import RECIPES
 
     at = open_page("pages/train.py")
     at.button(key="recipe_cnn-fast").click()

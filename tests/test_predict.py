@@ -14,26 +14,28 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from mnist_core.data import MEAN, STD, Mnist
-from mnist_core.evaluate import confusion_counts, evaluate, evaluation_from_probabilities, per_class_scores
-from mnist_core.models import Classifier, build_cnn_best_2026_11, build_model
-from mnist_core.predict import (
+from mnist_core.engine.data import MEAN, STD, Mnist
+from mnist_core.engine.evaluate import confusion_counts, evaluate, evaluation_from_probabilities, per_class_scores
+from mnist_core.engine.models import Classifier, build_cnn_best_2026_11, build_model
+from mnist_core.engine.predict import (
     cell_examples,
     cell_from_table_state,
     class_table,
     confident_mistakes,
-    default_run_index,
     enlarge,
-    finished_runs,
-    load_evaluation,
-    load_run_model,
     most_confused,
     predict_image,
     predict_upload,
+)
+from mnist_core.service.results import (
+    default_run_index,
+    finished_runs,
+    load_evaluation,
+    load_run_model,
     run_label,
 )
-from mnist_core.preprocess import ImageError, canvas_to_gray, mnist_style
-from mnist_core.runs import RunStore, RunStoreError
+from mnist_core.engine.preprocess import ImageError, canvas_to_gray, mnist_style
+from mnist_core.service.store import RunStore, RunStoreError
 
 
 def stroke_picture(shape: str, size: int = 200, ink: int = 255, paper: int = 0) -> Image.Image:

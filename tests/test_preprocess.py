@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_core.data import MEAN, STD
-from mnist_core.preprocess import (
+from mnist_core.engine.data import MEAN, STD
+from mnist_core.engine.preprocess import (
     ImageError,
     canvas_to_gray,
     load_uploaded_image,
@@ -277,7 +277,7 @@ def test_bad_uploads_raise_image_error() -> None:
 
 @pytest.mark.skipif(not os.environ.get("MNIST_DATA_DIR"), reason="MNIST_DATA_DIR is not set")
 def test_real_digit_survives_a_canvas_round_trip() -> None:
-    from mnist_core.data import load_mnist
+    from mnist_core.engine.data import load_mnist
 
     data = load_mnist(allow_download=False)
     scores = []

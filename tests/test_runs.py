@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mnist_core import runs
-from mnist_core.runs import ACTIVE, STATUSES, RunRecord, RunStore, RunStoreError
+from mnist_core.service.store import records as store_records
+from mnist_core.service.store import ACTIVE, STATUSES, RunRecord, RunStore, RunStoreError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"model": "cnn-small", "epochs": 2, "lr": 0.001}
@@ -233,7 +233,7 @@ def test_a_failed_write_keeps_the_old_file(store: RunStore, monkeypatch: pytest.
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(runs.os, "replace", crash)
+    monkeypatch.setattr(store_records.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         store.save_weights("r1", {"w": torch.zeros(2)})
     monkeypatch.undo()
@@ -299,7 +299,7 @@ def test_reopening_sees_everything(tmp_path: Path) -> None:
     assert second.steps("r1") == [step_row(0)] and second.epochs("r1") == [epoch_row(0)]
     assert torch.equal(second.load_weights("r1")["w"], torch.arange(4))
     assert second._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert second._conn().execute("PRAGMA user_version").fetchone()[0] == runs.SCHEMA_VERSION
+    assert second._conn().execute("PRAGMA user_version").fetchone()[0] == store_records.SCHEMA_VERSION
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -354,7 +354,7 @@ def test_concurrent_writers_and_reader(store: RunStore) -> None:
 
 WRITER = """
 import sys, torch
-from mnist_core.runs import RunStore
+from mnist_core.service.store import RunStore
 store = RunStore(sys.argv[1])
 store.create_run("child", {"from": "subprocess"})
 store.set_status("child", "running")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_core.config import TrainConfig
-from mnist_core.data import Mnist
-from mnist_core.models import build_model
-from mnist_core.train import train
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.data import Mnist
+from mnist_core.engine.models import build_model
+from mnist_core.engine.train import train
 
 
 def random_mnist(n_train: int = 512, n_test: int = 64, seed: int = 0) -> Mnist:

@@ -22,15 +22,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mnist_core.config import TrainConfig
-from mnist_core.data import install_files
-from mnist_core.jobs import execute, run_id_for
-from mnist_core.predict import load_evaluation, load_run_model
-from mnist_core.runs import RunStore, RunStoreError
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.data import install_files
+from mnist_core.service.jobs import execute
+from mnist_core.service.lifecycle import run_id_for
+from mnist_core.service.results import load_evaluation, load_run_model
+from mnist_core.service.store import RunStore, RunStoreError
 from tests.conftest import ROOT
 from tests.synthetic import synthetic_mnist
 
-SOURCES = sorted([*ROOT.glob("mnist_core/*.py"), *ROOT.glob("pages/*.py"), ROOT / "app.py"])
+SOURCES = sorted([*ROOT.glob("mnist_core/**/*.py"), *ROOT.glob("pages/*.py"), ROOT / "app.py"])
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
 
 
@@ -99,7 +100,7 @@ def test_the_scanner_lets_safe_loading_pass() -> None:
 
 
 def test_no_source_file_loads_or_writes_pickles() -> None:
-    assert len(SOURCES) > 10 and ROOT / "mnist_core" / "runs.py" in SOURCES
+    assert len(SOURCES) > 10 and ROOT / "mnist_core" / "service" / "store" / "tensors.py" in SOURCES
     findings = {str(path.relative_to(ROOT)): unsafe_loading(path.read_text()) for path in SOURCES}
     assert {path: found for path, found in findings.items() if found} == {}
 
@@ -254,7 +255,7 @@ def test_streamlit_config_caps_uploads_and_hides_tracebacks() -> None:
 
 @given(st.text(max_size=300))
 def test_plain_text_leaves_no_markdown_special_unescaped(raw):
-    from mnist_core.text import MARKDOWN_SPECIALS, plain
+    from mnist_core.teach.text import MARKDOWN_SPECIALS, plain
 
     shown = plain(raw)
     i = 0
@@ -268,7 +269,7 @@ def test_plain_text_leaves_no_markdown_special_unescaped(raw):
 
 
 def test_plain_text_of_a_crafted_link():
-    from mnist_core.text import plain
+    from mnist_core.teach.text import plain
 
     assert plain("[x](https://e.example)") == "\\[x\\]\\(https\\:\\/\\/e\\.example\\)"
     assert plain("a" * 300).endswith("…") and len(plain("a" * 300)) == 200

@@ -8,15 +8,18 @@ import time
 
 import pytest
 
-from mnist_core import sweeps
-from mnist_core.access import ANONYMOUS, NotAllowed, Person
-from mnist_core.config import ConfigError, Limits, TrainConfig
-from mnist_core.jobs import JobQueue, execute, run_id_for
-from mnist_core.cluster import local_head
-from mnist_core.naming import run_colour, run_name
-from mnist_core.serve import free_port
-from mnist_core.runs import RunStore
-from mnist_core.sweeps import SweepPlan, check_values, parse_values, should_stop_early
+from mnist_core.service import sweeps
+from mnist_core.service.access import ANONYMOUS, NotAllowed, Person
+from mnist_core.settings import ConfigError, Limits
+from mnist_core.engine.config import TrainConfig
+from mnist_core.service.job_queue import JobQueue
+from mnist_core.service.jobs import execute
+from mnist_core.service.lifecycle import run_id_for
+from mnist_core.bench.ray_head import local_head
+from mnist_core.engine.naming import run_colour, run_name
+from mnist_core.bench.serve import free_port
+from mnist_core.service.store import RunStore
+from mnist_core.service.sweeps import SweepPlan, check_values, parse_values, should_stop_early
 from tests.synthetic import synthetic_mnist
 
 TINY = TrainConfig(model="linear", epochs=1, batch_size=100, val_split=0.0)

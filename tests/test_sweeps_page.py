@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from mnist_core.runs import RunStore
+from mnist_core.service.store import RunStore
 from tests.browser import (
     chromium,
     exception_texts,

@@ -7,8 +7,8 @@ import threading
 import pytest
 import torch
 
-from mnist_core.config import TrainConfig
-from mnist_core.train import batch_bounds, random_affine, train
+from mnist_core.engine.config import TrainConfig
+from mnist_core.engine.train import batch_bounds, random_affine, train
 from tests.synthetic import synthetic_mnist
 
 DATA = synthetic_mnist()

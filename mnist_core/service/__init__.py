@@ -1,0 +1,1 @@
+"""Running a shared dashboard: the run store, the queue, workers, the cluster, sweeps, access."""

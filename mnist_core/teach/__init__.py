@@ -1,0 +1,1 @@
+"""What the pages explain and draw: glossary, lessons, safe text, pictures, data summaries."""
