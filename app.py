@@ -9,7 +9,7 @@ file as the page script (`__main__`) at every visit: the pages and the shared si
 import os
 
 # Before torch loads (pages.common imports it): OpenMP threads that spin while waiting steal the
-# cores the training workers need on a small machine. See mnist_core/workers.py.
+# cores the training workers need on a small machine. See mnist_core/service/workers.py.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import asyncio  # noqa: E402

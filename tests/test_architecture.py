@@ -56,6 +56,9 @@ def foreign_private_uses(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 aliases[alias.asname or alias.name.split(".")[0]] = alias.name.split(".")[0]
+                parts = alias.name.split(".")
+                if parts[0] in FOREIGN and any(p.startswith("_") and not p.startswith("__") for p in parts[1:]):
+                    found.append(f"line {node.lineno}: import {alias.name}")
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             top = node.module.split(".")[0]
             if top in FOREIGN:
@@ -85,10 +88,11 @@ def test_the_private_api_check_finds_what_it_looks_for(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text(
         "import atexit\nimport torch as t\nfrom streamlit.runtime.pages_manager import PagesManager\n"
-        "from torch.optim import _functional\nimport os\n"
+        "from torch.optim import _functional\nimport os\nimport torch._dynamo\n"
         "atexit._run_exitfuncs()\nt._foreach_add_([], 1)\nos._exit(0)\nprint(t.__version__)\n"
         "class A:\n    def f(self):\n        return self._x\n"
     )
     assert foreign_private_uses(sample) == [
-        "line 4: from torch.optim import _functional", "line 6: atexit._run_exitfuncs", "line 7: t._foreach_add_",
+        "line 4: from torch.optim import _functional", "line 6: import torch._dynamo", "line 7: atexit._run_exitfuncs",
+        "line 8: t._foreach_add_",
     ]

@@ -1,4 +1,4 @@
-"""Configuration validation, hashing and deployment limits (mnist_core/config.py)."""
+"""Configuration validation, hashing and deployment limits (mnist_core/engine/config.py, mnist_core/settings.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CPU rewrites (mnist_core/cpu_speed.py) change speed, never what a model computes."""
+"""The CPU rewrites (mnist_core/speed/cpu_speed.py) change speed, never what a model computes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The IDX reader, the verification and the data-source chain (mnist_core/data.py)."""
+"""The IDX reader, the verification and the data-source chain (mnist_core/engine/data.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Device choice and mixed-precision choice (mnist_core/device.py)."""
+"""Device choice and mixed-precision choice (mnist_core/engine/device.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The compiled layers (mnist_core/fused_layers.py) compute what torch's ops compute."""
+"""The compiled layers (mnist_core/speed/fused_layers.py) compute what torch's ops compute."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A run's life (mnist_core/jobs.py) through the same warm worker processes production uses.
+"""A run's life (mnist_core/service/jobs.py) through the same warm worker processes production uses.
 
 One queue (one worker process, synthetic data, a trainer that crashes on demand) serves the
 whole module, as one server's queue serves every session.

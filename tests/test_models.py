@@ -1,4 +1,4 @@
-"""The model registry (mnist_core/models.py)."""
+"""The model registry (mnist_core/engine/models.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sweeps (mnist_core/sweeps.py): values parsed and checked, all-or-nothing launch, reuse of
+"""Sweeps (mnist_core/service/sweeps.py): values parsed and checked, all-or-nothing launch, reuse of
 trained members, stopping, successive halving, and the same sweep on local workers and on a
 real local Ray head ending with the same results in the store."""
 

@@ -1,4 +1,4 @@
-"""The training loop (mnist_core/train.py) on tiny synthetic data."""
+"""The training loop (mnist_core/engine/train.py) on tiny synthetic data."""
 
 from __future__ import annotations
 

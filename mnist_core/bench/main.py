@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from mnist_core.speed import fused_layers
 from mnist_core.engine.config import RECIPES, TrainConfig
 from mnist_core.engine.data import MEAN, STD, Mnist, load_mnist
+from mnist_core.speed.seam import start_optimizer_import
 from mnist_core.engine.device import cpu_header, describe_device, resolve_device, use_bf16
 from mnist_core.engine.models import build_model
 from mnist_core.engine.train import train
@@ -81,7 +82,8 @@ def reference_epoch_apart(device: torch.device) -> float:
     """`reference_epoch` in a fresh process, as the guide's script runs: with the C library's
     default allocator. (The engine's `keep_freed_memory` holds for the whole process that
     trains, so after the engine's first epoch a reference epoch here would run with it too.)"""
-    code = ("import torch, torch._dynamo; from mnist_core.bench.main import reference_epoch; "
+    code = ("import torch; from mnist_core.speed.seam import start_optimizer_import; start_optimizer_import().join(); "
+            "from mnist_core.bench.main import reference_epoch; "
             "from mnist_core.engine.data import load_mnist; "
             f"print(reference_epoch(load_mnist(), torch.device({str(device)!r})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -113,7 +115,7 @@ def time_to_accuracy(config: TrainConfig, data: Mnist, target: float) -> tuple[f
 
 def throughput(data: Mnist, device: torch.device, pairs: int) -> None:
     """The reference and the engine, interleaved so a machine whose speed drifts favours neither."""
-    import torch._dynamo  # noqa: F401  torch.optim imports it at its first step (1-2 s): before any timed epoch
+    start_optimizer_import().join()  # torch.optim imports dynamo at its first step (1-2 s): before any timed epoch
 
     bf16 = use_bf16("auto", device, convolutional=True)
     print(f"cnn-small, batch 64, Adam 1e-3, one epoch each, {pairs} interleaved pairs:")

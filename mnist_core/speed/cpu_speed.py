@@ -157,7 +157,7 @@ class BatchParts:
 
     Every op spread over the cores ends with the cores waiting for each other, dozens of times a
     step. When OpenMP's waiting threads sleep (OMP_WAIT_POLICY=PASSIVE, as the dashboard's
-    workers run: see workers.py) each of those waits is a wake-up, and slices that never wait
+    workers run: see service/workers.py) each of those waits is a wake-up, and slices that never wait
     inside a step are much faster. Measured with `train` (2 cores, AVX2 fp32, one epoch each,
     interleaved, images/s, whole batch -> slices): cnn-small at batch 64 5,411-5,707 ->
     8,404-9,595, at batch 256 8,246-8,276 -> 10,134-11,672; mlp 31,647-34,508 -> 44,918-53,512;
