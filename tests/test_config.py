@@ -70,3 +70,21 @@ def test_cli_rejects_bad_hyperparameters_with_the_field_name():
     )
     assert result.returncode == 2
     assert "lr" in result.stderr and "allowed range" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_negative_zero_is_the_same_setting_and_the_same_run():
+    """-0.0 for dropout, weight decay, validation split or momentum was a different run id for
+    the same settings (JSON writes -0.0)."""
+    zeros = {"dropout": 0.0, "weight_decay": 0.0, "val_split": 0.0, "momentum": 0.0}
+    negative = TrainConfig(**{name: -0.0 for name in zeros})
+    assert negative.config_hash() == TrainConfig(**zeros).config_hash()
+    assert all(str(getattr(negative, name)) == "0.0" for name in zeros)
+
+
+@pytest.mark.parametrize("field", ["model", "optimizer", "schedule", "augment", "device", "precision", "dataset"])
+def test_a_list_where_a_name_belongs_is_a_settings_error(field):
+    """`model=["linear"]` (a repeated URL value, a JSON list) raised a TypeError."""
+    with pytest.raises(ConfigError, match=f"{field}: must be a name"):
+        TrainConfig(**{field: ["linear"]})
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig.from_dict({field: {"a": 1}})

@@ -200,3 +200,11 @@ def test_a_hopeless_member_is_stopped_early_by_the_trainer_and_shown_as_such(tmp
     state = sweeps.state(store, launched.sweep_id)
     assert [state.status(m) for m in state.members] == ["finished", "stopped early"]
     assert state.best().run_id == good and not state.active
+
+
+def test_a_million_values_are_refused_before_any_work():
+    """A sweep with 10**6 seeds spent about 10 CPU-minutes de-duplicating before its size check;
+    now the count is refused first, and de-duplicating 10,000 values is one pass."""
+    with pytest.raises(ConfigError, match="at most 10,000 per setting"):
+        sweeps.parse_values("seed", ",".join(str(i) for i in range(10**6)))
+    assert len(sweeps.check_values("seed", [*range(9_990), 5, 7])) == 9_990  # duplicates still dropped

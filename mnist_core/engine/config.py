@@ -47,9 +47,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate(self)
-        # One spelling per value: epochs=1.0 and epochs=1 are one run, with one id.
+        # One spelling per value: epochs=1.0 and epochs=1 are one run, with one id, and so are
+        # dropout -0.0 and 0.0 (adding 0.0 turns a negative zero into zero, nothing else).
         for name, (_, _, kind) in RANGES.items():
-            object.__setattr__(self, name, kind(getattr(self, name)))
+            object.__setattr__(self, name, kind(getattr(self, name)) + kind(0))
         if self.time_budget_s is not None:
             object.__setattr__(self, "time_budget_s", float(self.time_budget_s))
 
@@ -100,6 +101,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError naming the first field that is out of range."""
+    for name in ("model", "dataset", *CHOICES):  # a list or a dict from a form or a link is no name
+        if not isinstance(getattr(config, name), str):
+            raise ConfigError(name, f"must be a name, got {type(getattr(config, name)).__name__}")
     if config.model not in MODELS:
         raise ConfigError("model", f"{config.model!r} is not one of {', '.join(MODELS)}")
     for name, (low, high, kind) in RANGES.items():

@@ -41,6 +41,7 @@ HALVING_RATE = 2  # ASHA's eta: at each rung (epochs 1, 2, 4, ...) the better ha
 MAX_ACTIVE_SWEEPS = 1  # per person, so one visitor cannot fill the server's queue with sweeps
 NAME_PATTERN = re.compile(r"[^\W_](?:(?:[^\W_]|[ .'-])*[^\W_])?")
 NAME_MAX = 48
+MAX_VALUES = 10_000  # values of one setting: as many members as the largest MNIST_MAX_SWEEP allows
 
 
 def parse_values(key: str, text: str) -> list[Any]:
@@ -61,7 +62,10 @@ def check_values(key: str, raw: list[Any]) -> list[Any]:
         raise ConfigError(key, f"cannot be swept; choose from {', '.join(SWEEPABLE)}")
     if not raw:
         raise ConfigError(key, "give at least one value")
+    if len(raw) > MAX_VALUES:  # before any work on them: a million values would take minutes
+        raise ConfigError(key, f"{len(raw):,} values; a sweep takes at most {MAX_VALUES:,} per setting")
     values: list[Any] = []
+    seen: set[Any] = set()
     for word in raw:
         if key in RANGES:
             low, high, kind = RANGES[key]
@@ -79,7 +83,8 @@ def check_values(key: str, raw: list[Any]) -> list[Any]:
             value = str(word)
             if value not in options:
                 raise ConfigError(key, f"{value[:20]!r} is not one of {', '.join(options)}")
-        if value not in values:
+        if value not in seen:
+            seen.add(value)
             values.append(value)
     return values
 
