@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mnist_core.engine.data import Mnist
@@ -21,6 +23,17 @@ def synthetic_mnist(n_train: int = 600, n_test: int = 200, seed: int = 0) -> Mni
     train_x, train_y = sample(n_train)
     test_x, test_y = sample(n_test)
     return Mnist(train_x, train_y, test_x, test_y, source="synthetic", folder=Path("."))
+
+
+
+def idx_images(images: np.ndarray, magic: int = 0x803) -> bytes:
+    """Images in the IDX encoding MNIST is published in: magic, dimensions, then the bytes."""
+    n, rows, cols = images.shape
+    return struct.pack(">IIII", magic, n, rows, cols) + images.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
 FAILING_SEED = 990_001  # a run with this seed crashes inside `train_or_crash`

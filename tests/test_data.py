@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mnist_core.engine import data
+from tests.synthetic import idx_images, idx_labels
 from mnist_core.engine.data import (
     DataError,
     DataMissing,
@@ -33,15 +34,6 @@ from mnist_core.engine.data import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def idx_images(images: np.ndarray, magic: int = 0x803) -> bytes:
-    n, rows, cols = images.shape
-    return struct.pack(">IIII", magic, n, rows, cols) + images.astype(np.uint8).tobytes()
-
-
-def idx_labels(labels: np.ndarray) -> bytes:
-    return struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes()
 
 
 @pytest.fixture()

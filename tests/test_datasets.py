@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import struct
 
 import numpy as np
 import pytest
@@ -21,15 +20,9 @@ from mnist_core.service.jobs import execute, submit
 from mnist_core.service.lifecycle import run_id_for
 from mnist_core.service.results import load_evaluation, load_run_model
 from mnist_core.settings import ConfigError, Limits
+from tests.synthetic import idx_images, idx_labels
 
 CLASSES = ("ring", "bar", "cross")
-
-
-def idx(array: np.ndarray) -> bytes:
-    """The IDX encoding MNIST uses: magic, dimensions, then the bytes."""
-    if array.ndim == 1:
-        return struct.pack(">II", 0x801, len(array)) + array.astype(np.uint8).tobytes()
-    return struct.pack(">IIII", 0x803, *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,14 +48,14 @@ def tiny_spec(tmp_path):
     md5 = {}
     for key, array in {"train_images": train_x, "train_labels": train_y, "test_images": test_x,
                        "test_labels": test_y}.items():
-        raw = idx(array)
+        raw = idx_labels(array) if array.ndim == 1 else idx_images(array)
         md5[files[key]] = hashlib.md5(raw).hexdigest()
         if key.startswith("train"):
             (folder / f"{files[key]}.gz").write_bytes(gzip.compress(raw))
         else:
             (folder / files[key]).write_bytes(raw)
     pixels = train_x.astype(np.float64) / 255
-    spec = DatasetSpec(name="shapes", title="Shapes", files=files, md5=md5, counts={"train": 300, "test": 90},
+    spec = DatasetSpec(name="shapes", title="Shapes", files=files, md5=md5,
                        classes=CLASSES, mean=float(pixels.mean()), std=float(pixels.std()))
     datasets.register(spec)
     yield spec, folder

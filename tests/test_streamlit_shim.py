@@ -1,16 +1,12 @@
 """The shell's one use of Streamlit's private API (pages/streamlit_shim.py) still works with the
 installed Streamlit: an upgrade that removes or renames it fails here, in CI, not in a classroom.
-
-Also that no other page, nor app.py, reaches into Streamlit's internals.
+(That nothing else reaches into Streamlit's internals is tests/test_architecture.py's check.)
 """
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 
-from tests.conftest import ROOT
 
 
 @pytest.fixture()
@@ -53,50 +49,3 @@ def test_a_new_pages_manager_keeps_the_mode_the_shim_chose(pages_manager, tmp_pa
     navigate_with_app_only()
     pages_manager(str(main))
     assert pages_manager.uses_pages_directory is False
-
-
-def private_streamlit_uses(source: str) -> list[str]:
-    """Imports of Streamlit modules other than the public `streamlit` and its documented
-    `components` and `testing` packages, and any `_private` attribute read off an import."""
-    found: list[str] = []
-    tree = ast.parse(source)
-    public = ("streamlit", "streamlit.components.v1", "streamlit.components.v2", "streamlit.testing.v1")
-    imported: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                imported.add((alias.asname or alias.name).split(".")[0])
-                if alias.name.startswith("streamlit") and alias.name not in public:
-                    found.append(f"line {node.lineno}: import {alias.name}")
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                imported.add(alias.asname or alias.name)
-            if node.module.startswith("streamlit") and node.module not in public:
-                found.append(f"line {node.lineno}: from {node.module} import ...")
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-            owner = node.value
-            while isinstance(owner, ast.Attribute):
-                owner = owner.value
-            if isinstance(owner, ast.Name) and owner.id in imported:
-                found.append(f"line {node.lineno}: {ast.unparse(node)}")
-    return found
-
-
-def test_the_scanner_finds_private_streamlit() -> None:
-    assert private_streamlit_uses("from streamlit.runtime.pages_manager import PagesManager")
-    assert private_streamlit_uses("import streamlit.runtime.scriptrunner")
-    assert private_streamlit_uses("import streamlit as st\nst._main")
-    assert private_streamlit_uses("import torch\ntorch._C._set_something(1)")
-    assert not private_streamlit_uses("import streamlit as st\nst.components.v2.component('x')")
-
-
-def test_only_the_shim_uses_private_streamlit() -> None:
-    sources = sorted([*ROOT.glob("pages/*.py"), ROOT / "app.py"])
-    assert ROOT / "pages" / "streamlit_shim.py" in sources
-    found = {
-        str(path.relative_to(ROOT)): uses for path in sources
-        if path.name != "streamlit_shim.py" and (uses := private_streamlit_uses(path.read_text(encoding="utf-8")))
-    }
-    assert found == {}
-    assert private_streamlit_uses((ROOT / "pages" / "streamlit_shim.py").read_text(encoding="utf-8"))

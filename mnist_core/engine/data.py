@@ -32,7 +32,6 @@ from mnist_core.settings import Limits
 # the pages and tools that speak of MNIST.
 FILES: dict[str, str] = MNIST.files
 MD5: dict[str, str] = MNIST.md5
-EXPECTED_COUNT = MNIST.counts
 LABEL_MAGIC = 0x00000801
 IMAGE_MAGIC = 0x00000803
 # The largest decompressed file we accept: the real training images are 47 MB.

@@ -22,7 +22,6 @@ class DatasetSpec:
     files: dict[str, str]
     # The MD5 of each file's decompressed bytes, by stem (the published values); empty: unchecked.
     md5: dict[str, str] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)  # images per split, as published
     shape: tuple[int, int] = (28, 28)
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
     mean: float = 0.5  # of the training pixels scaled to [0, 1] (data.pixel_stats recomputes it)
@@ -49,7 +48,6 @@ MNIST = DatasetSpec(
         "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
     },
-    counts={"train": 60000, "test": 10000},
     mean=0.1307,
     std=0.3081,
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),

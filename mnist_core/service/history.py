@@ -16,8 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mnist_core.engine.config import TrainConfig
-from mnist_core.engine.datasets import DEFAULT as DEFAULT_DATASET
-from mnist_core.engine.naming import run_name
+from mnist_core.engine.naming import DEFAULTS, run_name
 
 if TYPE_CHECKING:
     from mnist_core.settings import Limits
@@ -70,8 +69,8 @@ def runs_frame(records: Sequence[RunRecord]) -> pd.DataFrame:
     rows = []
     for record in records:
         row: dict[str, Any] = {"id": record.id, "name": run_name(record.config)}
-        row.update({name: record.config.get(name) for name in CONFIG_COLUMNS})
-        row["dataset"] = record.config.get("dataset", DEFAULT_DATASET)  # runs stored before datasets had names
+        # A setting a stored config lacks (stored before the setting existed) had its default.
+        row.update({name: record.config.get(name, DEFAULTS[name]) for name in CONFIG_COLUMNS})
         summary = record.summary or {}
         row.update(
             status=record.status, test_accuracy=record.test_accuracy, test_loss=record.test_loss,

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 
-class RunRecord(Protocol):
-    """What a lesson reads of a stored run (service.runs.RunRecord has it): teach sits beside the
+class RunOutcome(Protocol):
+    """What a lesson reads of a stored run (service.store.RunRecord has it): teach sits beside the
     service wing, not above it, so it names the two fields instead of importing the store."""
 
     status: str
@@ -26,7 +26,7 @@ def percent(value: float) -> str:
     return f"{value:.1%}"
 
 
-def what_happened(epochs: Sequence[dict], config: dict, record: RunRecord) -> list[str]:
+def what_happened(epochs: Sequence[dict], config: dict, record: RunOutcome) -> list[str]:
     """A few sentences after a run ends: what its curves show, whether it overfit (final train
     against validation loss and accuracy; the test set stands in when there was no validation
     set), and what to try next."""
@@ -53,7 +53,7 @@ def what_happened(epochs: Sequence[dict], config: dict, record: RunRecord) -> li
     return sentences
 
 
-def summary(first: dict, last: dict, count: int, record: RunRecord) -> str:
+def summary(first: dict, last: dict, count: int, record: RunOutcome) -> str:
     test = record.test_accuracy if record.test_accuracy is not None else last.get("test_accuracy")
     ended = f" Test accuracy: {test:.2%}." if test is not None else ""
     if count == 1:
@@ -122,7 +122,7 @@ def fit_verdict(last: dict, reference: str, config: dict) -> str:
             f"{percent(held)}): no sign of overfitting.")
 
 
-def next_steps(epochs: Sequence[dict], config: dict, record: RunRecord, reference: str,
+def next_steps(epochs: Sequence[dict], config: dict, record: RunOutcome, reference: str,
                stop_at: int | None) -> list[str]:
     """What to try next: a lower learning rate after a divergence or a noisy loss, regularisation
     after overfitting, more epochs while still improving, else a bigger model or a schedule."""
